@@ -1,0 +1,192 @@
+"""What a stage is: one model family that turns validated rows into frames.
+
+A stage declares its resources (from its KindConfig), loads its pipeline once in `setup`,
+and turns a list of rows into frames in `generate`. `process` wraps `generate` the way
+the pipeline needs it: rows are grouped into pipeline calls, a failing row records its
+error on itself and the others flow on. Stages import neither Ray nor the runner, so a
+benchmark or a notebook can drive one directly:
+
+    stage = CogVideoXStage(load_config().kinds["cogvideox"]); stage.setup()
+    results = stage.process([validate_row({...})])
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import time
+import traceback
+from collections import OrderedDict
+from collections.abc import Hashable
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any, ClassVar
+
+import numpy as np
+
+from raypipe.config import KindConfig
+from raypipe.models.tiny import resolve_model
+from raypipe.schema import RowBase, metadata_from_row
+
+
+@dataclass
+class Generated:
+    """One video: uint8 RGB frames [F, H, W, 3] and what it was made with."""
+
+    frames: np.ndarray
+    fps: int
+    params: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Result:
+    """A row after its stage: metadata (status ok/failed) and, when ok, its frames."""
+
+    meta: dict[str, Any]
+    frames: np.ndarray | None = None
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def to_uint8(frames) -> np.ndarray:
+    """Pipeline output in [0, 1] (float, [F, H, W, C]) -> uint8."""
+    array = np.asarray(frames, dtype=np.float32)
+    return (np.clip(array, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
+
+
+def error_text(err: BaseException) -> str:
+    text = f"{type(err).__name__}: {err}".strip()
+    return text if len(text) < 2000 else text[:2000] + "..."
+
+
+class Stage:
+    kind: ClassVar[str] = ""
+    # Pipelines kept loaded at once (the config's model plus per-row `model` overrides).
+    max_loaded_pipelines: ClassVar[int] = 2
+
+    def __init__(self, config: KindConfig):
+        self.config = config
+        self._pipelines: OrderedDict[str, Any] = OrderedDict()
+
+    # ---- resources and device -------------------------------------------------------
+
+    @classmethod
+    def ray_resources(cls, config: KindConfig) -> dict[str, Any]:
+        resources: dict[str, Any] = {"num_cpus": config.num_cpus, "num_gpus": config.num_gpus}
+        if config.memory_gb:
+            resources["memory"] = int(config.memory_gb * 2**30)
+        return resources
+
+    @property
+    def device(self) -> str:
+        return self.config.device
+
+    @property
+    def torch_dtype(self):
+        import torch
+
+        return {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}[self.config.dtype]
+
+    def device_name(self) -> str:
+        import torch
+
+        if self.device.startswith("cuda") and torch.cuda.is_available():
+            index = torch.device(self.device).index or 0
+            return f"{self.device} ({torch.cuda.get_device_name(index)})"
+        return self.device
+
+    @staticmethod
+    def worker_name() -> str:
+        return f"{socket.gethostname()}:{os.getpid()}"
+
+    # ---- loading ----------------------------------------------------------------------
+
+    def setup(self) -> None:
+        """Load the config's pipeline once; called before the first row."""
+        import torch
+        from diffusers.utils import logging as diffusers_logging
+        from transformers.utils import logging as transformers_logging
+
+        # Thousands of rows: no per-load progress bars or tokenizer-length chatter in the logs.
+        diffusers_logging.disable_progress_bar()
+        diffusers_logging.set_verbosity_error()
+        transformers_logging.disable_progress_bar()
+        transformers_logging.set_verbosity_error()
+        if self.device == "cpu" and self.config.num_cpus >= 1:
+            torch.set_num_threads(max(1, int(self.config.num_cpus)))
+        self.pipeline(self.config.model)
+
+    def load_pipeline(self, path: str) -> Any:
+        """Load the family's pipeline from a local folder or hub id (a `tiny:` name is resolved)."""
+        raise NotImplementedError
+
+    def pipeline(self, model: str | None = None) -> Any:
+        """The pipeline for `model` (the config's by default), loaded at most once."""
+        model = model or self.config.model
+        if model in self._pipelines:
+            self._pipelines.move_to_end(model)
+            return self._pipelines[model]
+        while len(self._pipelines) >= self.max_loaded_pipelines:
+            self._pipelines.popitem(last=False)
+        pipe = self.load_pipeline(resolve_model(model))
+        self._pipelines[model] = pipe
+        return pipe
+
+    # ---- generation -----------------------------------------------------------------
+
+    def batch_key(self, row: RowBase) -> Hashable:
+        """Rows with equal keys may run as one pipeline call."""
+        return (row.model, row.num_frames, row.height, row.width, row.num_inference_steps, row.guidance_scale)
+
+    def generate(self, rows: list[RowBase]) -> list[Generated]:
+        """Frames for `rows`, which share one batch_key. Raise to fail them all."""
+        raise NotImplementedError
+
+    def common_params(self) -> dict[str, Any]:
+        """What every video of this stage was made with (goes into params_json)."""
+        return {"dtype": self.config.dtype, **self.config.options}
+
+    def _run_group(self, rows: list[RowBase]) -> list[Result]:
+        started = utcnow()
+        t0 = time.perf_counter()
+        try:
+            generated = self.generate(rows)
+            if len(generated) != len(rows):
+                raise RuntimeError(f"{self.kind} stage returned {len(generated)} videos for {len(rows)} rows")
+        except Exception as err:  # noqa: BLE001 - a failing row records its error and flows on
+            if len(rows) > 1:  # find which rows fail: retry them one by one
+                return [r for row in rows for r in self._run_group([row])]
+            meta = metadata_from_row(rows[0], "failed", error_text(err))
+            meta.update(started_at=started, finished_at=utcnow(), gen_seconds=time.perf_counter() - t0,
+                        worker=self.worker_name(), device=self.device_name(),
+                        model=rows[0].model or self.config.model,
+                        params_json=json.dumps({**self.common_params(), "traceback": traceback.format_exc(limit=4)}))
+            return [Result(meta)]
+        seconds = (time.perf_counter() - t0) / len(rows)
+        results = []
+        for row, gen in zip(rows, generated):
+            meta = metadata_from_row(row, "ok")
+            frames = gen.frames
+            meta.update(
+                num_frames=int(frames.shape[0]), height=int(frames.shape[1]), width=int(frames.shape[2]),
+                fps=int(gen.fps), model=row.model or self.config.model,
+                params_json=json.dumps({**self.common_params(), **gen.params, "batch_rows": len(rows)},
+                                       sort_keys=True, default=str),
+                gen_seconds=seconds, started_at=started, worker=self.worker_name(), device=self.device_name(),
+            )
+            results.append(Result(meta, frames))
+        return results
+
+    def process(self, rows: list[RowBase]) -> list[Result]:
+        """Every row in, one Result per row out (in the same order), failures included."""
+        groups: dict[Hashable, list[int]] = {}
+        for i, row in enumerate(rows):
+            groups.setdefault(self.batch_key(row), []).append(i)
+        out: list[Result | None] = [None] * len(rows)
+        for indices in groups.values():
+            for i, result in zip(indices, self._run_group([rows[i] for i in indices])):
+                out[i] = result
+        return out  # type: ignore[return-value]

@@ -1,0 +1,123 @@
+"""Video and image I/O: decode with decord, encode H.264 with PyAV, any fsspec URI.
+
+Outputs are committed atomically: the MP4 is encoded into a local temporary file, then
+moved into place. On a local filesystem the last step is a rename inside the target
+directory (atomic on POSIX); on object stores a single PUT of the complete file is atomic
+(the object appears whole or not at all). A file at its final name is always complete.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import shutil
+import tempfile
+import uuid
+from dataclasses import dataclass
+
+import fsspec
+import numpy as np
+
+
+@dataclass
+class WrittenVideo:
+    uri: str
+    bytes: int
+    sha256: str
+    duration_s: float
+
+
+def is_local(uri: str) -> bool:
+    fs, _ = fsspec.core.url_to_fs(uri)
+    return "file" in (fs.protocol if isinstance(fs.protocol, tuple) else (fs.protocol,))
+
+
+def join_uri(base: str, *parts: str) -> str:
+    return "/".join([base.rstrip("/"), *[p.strip("/") for p in parts]])
+
+
+def encode_mp4(frames: np.ndarray, fps: int, path: str, crf: int = 18) -> None:
+    """frames: uint8 [F, H, W, 3] RGB -> H.264 yuv420p MP4 at `path` (a local file)."""
+    import av
+
+    if frames.dtype != np.uint8 or frames.ndim != 4 or frames.shape[-1] != 3:
+        raise ValueError(f"frames must be uint8 [F, H, W, 3], got {frames.dtype} {tuple(frames.shape)}")
+    num, height, width, _ = frames.shape
+    if height % 2 or width % 2:
+        raise ValueError(f"yuv420p needs even sizes, got {width}x{height}")
+    with av.open(path, mode="w", format="mp4") as container:
+        stream = container.add_stream("libx264", rate=int(fps))
+        stream.width, stream.height = width, height
+        stream.pix_fmt = "yuv420p"
+        stream.options = {"crf": str(crf), "preset": "medium"}
+        for frame in frames:
+            for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+
+
+def _sha256_file(path: str) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def commit_file(local_path: str, uri: str) -> None:
+    """Move a complete local file to `uri` so that `uri` never holds a partial file."""
+    fs, target = fsspec.core.url_to_fs(uri)
+    parent = os.path.dirname(target) if is_local(uri) else target.rsplit("/", 1)[0]
+    fs.makedirs(parent, exist_ok=True)
+    if is_local(uri):
+        tmp = os.path.join(parent, f".tmp-{uuid.uuid4().hex}-{os.path.basename(target)}")
+        shutil.copyfile(local_path, tmp)
+        os.replace(tmp, target)  # atomic rename within one directory
+    else:
+        fs.put_file(local_path, target)  # one PUT: the object appears complete or not at all
+
+
+def write_video(frames: np.ndarray, fps: int, uri: str) -> WrittenVideo:
+    with tempfile.TemporaryDirectory(prefix="raypipe-") as tmpdir:
+        local = os.path.join(tmpdir, "video.mp4")
+        encode_mp4(frames, fps, local)
+        size = os.path.getsize(local)
+        digest = _sha256_file(local)
+        commit_file(local, uri)
+    return WrittenVideo(uri=uri, bytes=size, sha256=digest, duration_s=len(frames) / float(fps))
+
+
+def read_video(uri: str, num_frames: int | None = None, size: tuple[int, int] | None = None) -> np.ndarray:
+    """Decode a video (any fsspec URI) with decord -> uint8 [F, H, W, 3].
+
+    num_frames: sample this many frames evenly over the clip. size: (height, width) to resize to.
+    """
+    import decord
+
+    with fsspec.open(uri, "rb") as f:
+        data = f.read()
+    kwargs = {}
+    if size is not None:
+        kwargs = {"height": int(size[0]), "width": int(size[1])}
+    reader = decord.VideoReader(io.BytesIO(data), ctx=decord.cpu(0), **kwargs)
+    total = len(reader)
+    if total == 0:
+        raise ValueError(f"{uri}: no frames")
+    if num_frames is None:
+        indices = list(range(total))
+    else:
+        indices = np.linspace(0, total - 1, num_frames).round().astype(int).tolist()
+    return reader.get_batch(indices).asnumpy()
+
+
+def read_image(uri: str, size: tuple[int, int] | None = None):
+    """Load an image (any fsspec URI) as an RGB PIL image, resized to (height, width) if given."""
+    from PIL import Image
+
+    with fsspec.open(uri, "rb") as f:
+        image = Image.open(io.BytesIO(f.read())).convert("RGB")
+    if size is not None:
+        image = image.resize((int(size[1]), int(size[0])), Image.Resampling.BICUBIC)
+    return image
