@@ -141,30 +141,41 @@ class Stage:
         """Rows with equal keys may run as one pipeline call."""
         return (row.model, row.num_frames, row.height, row.width, row.num_inference_steps, row.guidance_scale)
 
-    def generate(self, rows: list[RowBase]) -> list[Generated]:
-        """Frames for `rows`, which share one batch_key. Raise to fail them all."""
+    def load_inputs(self, row: RowBase) -> dict[str, Any]:
+        """CPU work before generation: decode the row's input image / video into arrays or
+        PIL images. Raise ValueError naming the field to fail the row (e.g. "image: cannot
+        read s3://b/x.png: ..."). Kept apart from `generate` so that the runner can do it in
+        a CPU stage, off the GPU actor; when a stage is driven directly, `process` calls it."""
+        return {}
+
+    def generate(self, rows: list[RowBase], inputs: list[dict[str, Any]]) -> list[Generated]:
+        """Frames for `rows`, which share one batch_key; inputs[i] is load_inputs(rows[i]).
+        Raise to fail them all (process then retries them one by one)."""
         raise NotImplementedError
 
     def common_params(self) -> dict[str, Any]:
         """What every video of this stage was made with (goes into params_json)."""
         return {"dtype": self.config.dtype, **self.config.options}
 
-    def _run_group(self, rows: list[RowBase]) -> list[Result]:
+    def _failed(self, row: RowBase, error: str, started: datetime, seconds: float, **params) -> Result:
+        meta = metadata_from_row(row, "failed", error)
+        meta.update(started_at=started, finished_at=utcnow(), gen_seconds=seconds, worker=self.worker_name(),
+                    device=self.device_name(), model=row.model or self.config.model,
+                    params_json=json.dumps({**self.common_params(), **params}, sort_keys=True, default=str))
+        return Result(meta)
+
+    def _run_group(self, rows: list[RowBase], inputs: list[dict[str, Any]]) -> list[Result]:
         started = utcnow()
         t0 = time.perf_counter()
         try:
-            generated = self.generate(rows)
+            generated = self.generate(rows, inputs)
             if len(generated) != len(rows):
                 raise RuntimeError(f"{self.kind} stage returned {len(generated)} videos for {len(rows)} rows")
         except Exception as err:  # noqa: BLE001 - a failing row records its error and flows on
             if len(rows) > 1:  # find which rows fail: retry them one by one
-                return [r for row in rows for r in self._run_group([row])]
-            meta = metadata_from_row(rows[0], "failed", error_text(err))
-            meta.update(started_at=started, finished_at=utcnow(), gen_seconds=time.perf_counter() - t0,
-                        worker=self.worker_name(), device=self.device_name(),
-                        model=rows[0].model or self.config.model,
-                        params_json=json.dumps({**self.common_params(), "traceback": traceback.format_exc(limit=4)}))
-            return [Result(meta)]
+                return [r for row, inp in zip(rows, inputs) for r in self._run_group([row], [inp])]
+            return [self._failed(rows[0], error_text(err), started, time.perf_counter() - t0,
+                                 traceback=traceback.format_exc(limit=4))]
         seconds = (time.perf_counter() - t0) / len(rows)
         results = []
         for row, gen in zip(rows, generated):
@@ -180,13 +191,31 @@ class Stage:
             results.append(Result(meta, frames))
         return results
 
-    def process(self, rows: list[RowBase]) -> list[Result]:
-        """Every row in, one Result per row out (in the same order), failures included."""
-        groups: dict[Hashable, list[int]] = {}
-        for i, row in enumerate(rows):
-            groups.setdefault(self.batch_key(row), []).append(i)
+    def load_all_inputs(self, rows: list[RowBase]) -> list[dict[str, Any] | str]:
+        """load_inputs for each row: its inputs, or the error text when they cannot be loaded."""
+        out: list[dict[str, Any] | str] = []
+        for row in rows:
+            try:
+                out.append(self.load_inputs(row))
+            except Exception as err:  # noqa: BLE001 - the row fails with the reason
+                out.append(str(err) if isinstance(err, ValueError) else error_text(err))
+        return out
+
+    def process(self, rows: list[RowBase], inputs: list[dict[str, Any] | str] | None = None) -> list[Result]:
+        """Every row in, one Result per row out (in the same order), failures included.
+
+        inputs: load_all_inputs(rows) when the caller already ran it (in a CPU stage)."""
+        if inputs is None:
+            inputs = self.load_all_inputs(rows)
         out: list[Result | None] = [None] * len(rows)
+        groups: dict[Hashable, list[int]] = {}
+        for i, (row, inp) in enumerate(zip(rows, inputs)):
+            if isinstance(inp, str):  # the inputs could not be loaded
+                out[i] = self._failed(row, inp, utcnow(), 0.0)
+            else:
+                groups.setdefault(self.batch_key(row), []).append(i)
         for indices in groups.values():
-            for i, result in zip(indices, self._run_group([rows[i] for i in indices])):
+            group = self._run_group([rows[i] for i in indices], [inputs[i] for i in indices])  # type: ignore[misc]
+            for i, result in zip(indices, group):
                 out[i] = result
         return out  # type: ignore[return-value]

@@ -18,7 +18,7 @@ class CogVideoXStage(Stage):
         pipe.set_progress_bar_config(disable=True)
         return pipe.to(self.device)
 
-    def generate(self, rows: list[CogVideoXRow]) -> list[Generated]:
+    def generate(self, rows: list[CogVideoXRow], inputs: list[dict[str, Any]]) -> list[Generated]:
         import torch
 
         pipe = self.pipeline(rows[0].model)
