@@ -25,13 +25,34 @@ def _parser() -> argparse.ArgumentParser:
     p = sub.add_parser("run", help="generate every row of the manifests")
     p.add_argument("manifests", nargs="+", metavar="MANIFEST", help="JSONL, CSV or Parquet; any fsspec URI")
     p.add_argument("--out", required=True, help="output URI (local folder, s3://bucket/prefix, ...)")
-    p.add_argument("--config", help="run config YAML (default: tiny models on CPU)")
+    p.add_argument("--config", action="append",
+                   help="run config YAML (default: tiny models on CPU); repeated, merged in order")
     p.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS, else a local Ray)")
+    p.add_argument("--metrics-port", type=int, metavar="PORT",
+                   help="serve the run's live raypipe_* metrics for Prometheus on this port")
+    p.add_argument("--pushgateway", metavar="URL",
+                   help="push the run's final metrics to this Prometheus Pushgateway (also in OUT/metrics.prom)")
 
     p = sub.add_parser("validate", help="check every row; print each rejected row and why")
     p.add_argument("manifests", nargs="+", metavar="MANIFEST")
-    p.add_argument("--config", help="run config YAML (its row defaults apply)")
+    p.add_argument("--config", action="append", help="run config YAML (its row defaults apply); repeatable")
     p.add_argument("--address", help="Ray cluster address")
+
+    p = sub.add_parser("plan", help="rows per kind and pool, estimated GPU-seconds; nothing generated")
+    p.add_argument("manifests", nargs="+", metavar="MANIFEST")
+    p.add_argument("--config", action="append", help="run config YAML (pools, models, `plan` assumptions); repeatable")
+    p.add_argument("--address", help="Ray cluster address")
+    p.add_argument("--json", action="store_true", help="print the plan as JSON")
+
+    p = sub.add_parser("report", help="an HTML gallery of a run: previews, metadata, failures, throughput")
+    p.add_argument("out", metavar="OUT", help="a run's --out URI")
+    p.add_argument("--html", help="where to write the page (default: OUT/report.html)")
+
+    p = sub.add_parser("schedule", help="print the per-frame values of a Deforum schedule as a JSON list")
+    p.add_argument("schedule", help='a Deforum keyframe schedule, e.g. "0:(1.0), 30:(1.04)"')
+    p.add_argument("--frames", type=int, required=True, metavar="N", help="number of frames (max_f is N-1)")
+    p.add_argument("--seed", type=int, default=0, metavar="S", help="the seed `s` in expressions (default 0)")
+    p.add_argument("--plot", metavar="FILE.png", help="also draw the values as a PNG chart")
 
     p = sub.add_parser("models", help="model utilities")
     models = p.add_subparsers(dest="models_command", required=True, parser_class=_Parser)
@@ -53,10 +74,17 @@ def _load(args):
 
 def cmd_run(args) -> int:
     from raypipe import run
+    from raypipe.metrics import MetricsError, RunMetrics
 
     config, uris = _load(args)
-    run.init_ray(args.address)
-    summary = run.run(uris, args.out, config)
+    try:
+        metrics = RunMetrics(port=args.metrics_port, pushgateway=args.pushgateway)
+    except MetricsError as err:
+        print(f"raypipe: {err}", file=sys.stderr)
+        return EXIT_NOTHING_RAN
+    with metrics:
+        run.init_ray(args.address)
+        summary = run.run(uris, args.out, config, metrics=metrics)
     print(f"raypipe: outputs in {args.out} (videos/, metadata/); "
           f"a gallery of the run: raypipe report {args.out}")
     return summary.exit_code
@@ -74,6 +102,48 @@ def cmd_validate(args) -> int:
     return EXIT_SOME_FAILED if rejected else EXIT_OK
 
 
+def cmd_plan(args) -> int:
+    from raypipe import run
+    from raypipe.plan import make_plan
+
+    config, uris = _load(args)
+    run.init_ray(args.address)
+    plan = make_plan(uris, config)
+    print(plan.to_json() if args.json else plan.table())
+    return EXIT_OK
+
+
+def cmd_report(args) -> int:
+    from raypipe.report import ReportError, make_report
+
+    try:
+        result = make_report(args.out, args.html)
+    except ReportError as err:
+        print(f"raypipe: {err}", file=sys.stderr)
+        return EXIT_NOTHING_RAN
+    counts = ", ".join(f"{status} {n}" for status, n in result.by_status.items())
+    print(f"raypipe: report of {result.rows} rows ({counts}) written to {result.uri}")
+    if result.posters_missing:
+        print(f"raypipe: {result.posters_missing} ok videos could not be read for a poster", file=sys.stderr)
+    return EXIT_OK
+
+
+def cmd_schedule(args) -> int:
+    import json
+
+    from raypipe.deforum.schedule import ScheduleError, evaluate, plot
+
+    try:
+        values = evaluate(args.schedule, args.frames, args.seed)
+    except ScheduleError as err:
+        print(f"raypipe: {err}", file=sys.stderr)
+        return EXIT_NOTHING_RAN
+    print(json.dumps(values.tolist()))
+    if args.plot:
+        plot(values, args.plot, title=args.schedule)
+    return EXIT_OK
+
+
 def cmd_models(args) -> int:
     from raypipe.models.tiny import build_all
 
@@ -82,7 +152,8 @@ def cmd_models(args) -> int:
     return EXIT_OK
 
 
-COMMANDS = {"run": cmd_run, "validate": cmd_validate, "models": cmd_models}
+COMMANDS = {"run": cmd_run, "validate": cmd_validate, "plan": cmd_plan, "report": cmd_report, "models": cmd_models,
+            "schedule": cmd_schedule}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -15,6 +15,31 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 
+class SequenceParallelConfig(BaseModel):
+    """How rows with `sp_degree: N` > 1 run (raypipe/parallel): on a gang of rank actors reserved
+    together in a Ray placement group, created once per pool actor and reused across rows."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    # "auto": xDiT (xfuser) on CUDA when installed, else Ulysses attention (NCCL on GPU, gloo on CPU).
+    backend: Literal["auto", "ulysses", "xdit"] = "auto"
+    # xDiT only: sp_degree = ulysses degree x ring_degree. The Ulysses backend runs all of it as Ulysses.
+    ring_degree: int = Field(default=1, ge=1)
+    # The conditional and unconditional CFG branches on two halves of the gang: 2 x sp_degree ranks.
+    cfg_parallel: bool = False
+    # Resources of each rank actor; by default the kind's num_cpus / num_gpus.
+    rank_num_cpus: float | None = Field(default=None, gt=0)
+    rank_num_gpus: float | None = Field(default=None, ge=0)
+    placement_strategy: Literal["STRICT_PACK", "PACK", "SPREAD", "STRICT_SPREAD"] = "STRICT_PACK"
+    # Seconds to place the gang, start its ranks and load the model; seconds for one row on it.
+    start_timeout_s: float = Field(default=900.0, gt=0)
+    row_timeout_s: float = Field(default=3600.0, gt=0)
+    # A row whose rank died (or timed out) runs again on a fresh gang this many times.
+    retries: int = Field(default=1, ge=0)
+    # Gangs a pool actor keeps (one per degree in use); the least recently used one goes first.
+    max_gangs: int = Field(default=1, ge=1)
+
+
 class KindConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", protected_namespaces=())
 
@@ -31,12 +56,30 @@ class KindConfig(BaseModel):
     num_gpus: float = Field(default=0.0, ge=0)
     num_cpus: float = Field(default=1.0, gt=0)
     memory_gb: float | None = Field(default=None, gt=0)
+    # Custom Ray resources of each actor, e.g. {raypipe_cogvideox: 1}: only nodes that offer them
+    # (the kind's worker group in k8s/raycluster.yaml) run the kind's actors.
+    resources: dict[str, float] = Field(default_factory=dict)
     # Rows handed to one actor call; rows of one shape may run as one pipeline call.
     batch_size: int = Field(default=1, ge=1)
     # Row fields used when a manifest row leaves them out (num_frames, height, ...).
     defaults: dict[str, Any] = Field(default_factory=dict)
     # Family-specific switches (memory options, schedulers, ...), recorded in params_json.
     options: dict[str, Any] = Field(default_factory=dict)
+    # Sequence parallelism for rows with sp_degree > 1 (cogvideox, exvideo base cogvideox).
+    sp: SequenceParallelConfig = Field(default_factory=SequenceParallelConfig)
+
+
+class PlanConfig(BaseModel):
+    """`raypipe plan`'s assumptions: GPU-seconds = FLOPs / (peak_tflops * 1e12 * mfu)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    gpu: str = "H100 SXM"
+    # Dense BF16 peak of one GPU (H100 SXM: 989 TFLOP/s; A100: 312; H200 as H100).
+    peak_tflops: float = Field(default=989.0, gt=0)
+    # The fraction of the peak a diffusion transformer reaches in practice (CogVideoX-5B on an
+    # H100: ~90 s for 50 steps of 49x480x720 with CFG = 33 PFLOP -> ~0.37).
+    mfu: float = Field(default=0.35, gt=0, le=1)
 
 
 class RunConfig(BaseModel):
@@ -50,12 +93,18 @@ class RunConfig(BaseModel):
     metadata_flush_seconds: float = Field(default=15.0, gt=0)
     # Seconds between progress lines.
     progress_seconds: float = Field(default=5.0, gt=0)
+    # A row whose pool worker died while generating it (node lost, process killed) runs again;
+    # after this many such deaths it ends `failed` with the reason instead (raypipe/run.py).
+    max_row_attempts: int = Field(default=3, ge=1)
+    # What `raypipe plan` assumes about the GPUs (raypipe/flops.py).
+    plan: PlanConfig = Field(default_factory=PlanConfig)
 
 
 DEFAULT_CONFIG: dict[str, Any] = {
     "kinds": {
         "cogvideox": {
             "model": "tiny:cogvideox",
+            "models": {"i2v": "tiny:cogvideox-i2v"},
             "dtype": "float32",
             "device": "cpu",
             "pool_size": 1,
@@ -64,6 +113,70 @@ DEFAULT_CONFIG: dict[str, Any] = {
             "batch_size": 1,
             "defaults": {"num_frames": 9, "height": 64, "width": 64, "num_inference_steps": 4,
                          "guidance_scale": 6.0, "fps": 8},
+            # sp_degree rows: small CPU shares per rank, so a 2-rank gang, the pool actor and the
+            # CPU stages fit on a 2-core laptop
+            "sp": {"rank_num_cpus": 0.25},
+        },
+        "exvideo": {
+            # base cogvideox: `model` + the ExVideo LoRA; base svd: `models.svd` + the ExVideo-SVD weights
+            "model": "tiny:cogvideox",
+            "models": {"lora": "tiny:exvideo-lora/ExVideo-CogVideoX-LoRA-129f-v1.safetensors",
+                       "svd": "tiny:svd", "svd_extension": "tiny:svd/model.fp16.safetensors"},
+            "dtype": "float32",
+            "device": "cpu",
+            "pool_size": 1,
+            "num_gpus": 0,
+            "num_cpus": 1,
+            "batch_size": 1,
+            "defaults": {"num_frames": 17, "height": 64, "width": 64, "num_inference_steps": 2,
+                         "guidance_scale": 3.0, "fps": 8},
+            "sp": {"rank_num_cpus": 0.25},
+        },
+        "sdxl_video": {
+            "model": "tiny:sdxl_video",
+            "dtype": "float32",
+            "device": "cpu",
+            "pool_size": 1,
+            "num_gpus": 0,
+            "num_cpus": 1,
+            "batch_size": 1,
+            "defaults": {"num_frames": 4, "num_repeats": 2, "num_conditioning_frames": 2,
+                         "conditioning_strength": 1.0, "height": 64, "width": 64, "num_inference_steps": 2,
+                         "guidance_scale": 5.0, "fps": 8},
+            # Frames the VAE decodes at once (memory per decode, not per video).
+            "options": {"decode_chunk_size": 8},
+        },
+        "deforum": {
+            # Stable Diffusion 1.5 (txt2img + img2img); the depth model animates 3D rows.
+            "model": "tiny:sd15",
+            "models": {"depth": "tiny:depth"},
+            "dtype": "float32",
+            "device": "cpu",
+            "pool_size": 1,
+            "num_gpus": 0,
+            "num_cpus": 1,
+            "batch_size": 1,
+            # Below a row's Deforum settings (file, then `deforum` object), which win.
+            "defaults": {"num_frames": 8, "height": 64, "width": 64, "num_inference_steps": 4, "fps": 8},
+        },
+        "animatediff": {
+            # `model` is the Stable Diffusion 1.5 base that the motion adapter animates.
+            "model": "tiny:sd15",
+            "models": {"motion_adapter": "tiny:animatediff-motion-adapter",
+                       "controlnet_canny": "tiny:animatediff-controlnet",
+                       "controlnet_depth": "tiny:animatediff-controlnet",
+                       "depth_estimator": "tiny:depth"},
+            "dtype": "float32",
+            "device": "cpu",
+            "pool_size": 1,
+            "num_gpus": 0,
+            "num_cpus": 1,
+            "batch_size": 1,
+            # motion_window: the motion adapter's window (motion_max_seq_length), so that validation
+            # rejects longer clips without free_noise; keep it equal to the adapter's.
+            "defaults": {"num_frames": 16, "height": 64, "width": 64, "num_inference_steps": 4,
+                         "guidance_scale": 7.5, "fps": 8, "motion_window": 16},
+            "options": {"scheduler": "ddim"},
         },
     },
 }
@@ -85,19 +198,22 @@ def _merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
     return merged
 
 
-def load_config(uri: str | None = None) -> RunConfig:
+def load_config(uri: str | list[str] | None = None) -> RunConfig:
+    """The default, with each file merged over it in order (`--config A --config B`: B's keys win;
+    e.g. configs/gpu.yaml, then configs/kuberay.yaml placing each kind on its worker group)."""
+    uris = [uri] if isinstance(uri, str) else [u for u in (uri or []) if u]
     data = DEFAULT_CONFIG
-    if uri:
+    for one in uris:
         try:
-            with fsspec.open(uri, "r") as f:
+            with fsspec.open(one, "r") as f:
                 override = yaml.safe_load(f) or {}
         except (OSError, yaml.YAMLError) as err:
-            raise ConfigError(f"config {uri}: cannot read: {err}") from None
+            raise ConfigError(f"config {one}: cannot read: {err}") from None
         if not isinstance(override, dict):
-            raise ConfigError(f"config {uri}: must be a mapping at the top level")
-        data = _merge(DEFAULT_CONFIG, override)
+            raise ConfigError(f"config {one}: must be a mapping at the top level")
+        data = _merge(data, override)
     try:
         return RunConfig.model_validate(data)
     except ValidationError as err:
         problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in err.errors())
-        raise ConfigError(f"config {uri or '(default)'}: {problems}") from None
+        raise ConfigError(f"config {' + '.join(uris) or '(default)'}: {problems}") from None

@@ -64,8 +64,9 @@ def _csv_value(text: str) -> Any:
     return text
 
 
-def _objects(uri: str) -> Iterator[tuple[int, Any, str]]:
-    """(line number, parsed object or None, parse error) for each row of one manifest."""
+def _objects(uri: str) -> Iterator[tuple[int, Any, str, str | None]]:
+    """(line number, parsed object or None, parse error, the row's JSON text when the manifest
+    has it: a JSONL line, kept as is rather than dumped again) for each row of one manifest."""
     fmt = manifest_format(uri)
     if fmt == "jsonl":
         with fsspec.open(uri, "rt", encoding="utf-8", errors="replace") as f:
@@ -73,25 +74,25 @@ def _objects(uri: str) -> Iterator[tuple[int, Any, str]]:
                 if not line.strip():
                     continue  # blank lines are not rows
                 try:
-                    yield number, json.loads(line), ""
+                    yield number, json.loads(line), "", line.strip()
                 except json.JSONDecodeError as err:
-                    yield number, None, f"not valid JSON: {err.msg} at column {err.colno}"
+                    yield number, None, f"not valid JSON: {err.msg} at column {err.colno}", None
     elif fmt == "csv":
         with fsspec.open(uri, "rt", encoding="utf-8", newline="") as f:
             reader = csv.DictReader(f)
             for row in reader:
                 number = reader.line_num  # the line the row ends on; the header is line 1
                 if None in row:
-                    yield number, None, "more cells than the header has columns"
+                    yield number, None, "more cells than the header has columns", None
                     continue
-                yield number, {k: _csv_value(v) for k, v in row.items() if v not in (None, "")}, ""
+                yield number, {k: _csv_value(v) for k, v in row.items() if v not in (None, "")}, "", None
     else:
         import pyarrow.parquet as pq
 
         with fsspec.open(uri, "rb") as f:
             table = pq.read_table(io.BytesIO(f.read()))
         for number, row in enumerate(table.to_pylist(), start=1):
-            yield number, {k: v for k, v in row.items() if v is not None}, ""
+            yield number, {k: v for k, v in row.items() if v is not None}, "", None
 
 
 def read_records(uris: list[str], done_ids: set[str] | frozenset[str] = frozenset()) -> Iterator[dict[str, Any]]:
@@ -103,7 +104,7 @@ def read_records(uris: list[str], done_ids: set[str] | frozenset[str] = frozense
     seen: dict[str, str] = {}
     for uri in uris:
         source = posixpath.basename(uri.rstrip("/").split("?")[0])
-        for number, obj, error in _objects(uri):
+        for number, obj, error, text in _objects(uri):
             where = f"{source}:{number}"
             record = {"id": where, "source": source, "line": number, "kind": "", "route": "rejected",
                       "raw_json": "", "error": error}
@@ -111,7 +112,7 @@ def read_records(uris: list[str], done_ids: set[str] | frozenset[str] = frozense
                 record["error"] = f"not an object (a {type(obj).__name__})"
             elif obj is not None:
                 record["kind"] = obj.get("kind") if isinstance(obj.get("kind"), str) else ""
-                record["raw_json"] = json.dumps(obj)
+                record["raw_json"] = text if text is not None else json.dumps(obj)
                 row_id = obj.get("id")
                 if row_id is None:
                     record["error"] = "id: required"

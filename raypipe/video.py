@@ -13,6 +13,7 @@ import io
 import os
 import shutil
 import tempfile
+import time
 import uuid
 from dataclasses import dataclass
 
@@ -26,6 +27,9 @@ class WrittenVideo:
     bytes: int
     sha256: str
     duration_s: float
+    # Seconds spent encoding and committing (for raypipe/metrics.py).
+    encode_seconds: float = 0.0
+    upload_seconds: float = 0.0
 
 
 def is_local(uri: str) -> bool:
@@ -82,11 +86,16 @@ def commit_file(local_path: str, uri: str) -> None:
 def write_video(frames: np.ndarray, fps: int, uri: str) -> WrittenVideo:
     with tempfile.TemporaryDirectory(prefix="raypipe-") as tmpdir:
         local = os.path.join(tmpdir, "video.mp4")
+        t0 = time.perf_counter()
         encode_mp4(frames, fps, local)
+        t1 = time.perf_counter()
         size = os.path.getsize(local)
         digest = _sha256_file(local)
+        t2 = time.perf_counter()
         commit_file(local, uri)
-    return WrittenVideo(uri=uri, bytes=size, sha256=digest, duration_s=len(frames) / float(fps))
+        t3 = time.perf_counter()
+    return WrittenVideo(uri=uri, bytes=size, sha256=digest, duration_s=len(frames) / float(fps),
+                        encode_seconds=t1 - t0, upload_seconds=t3 - t2)
 
 
 def read_video(uri: str, num_frames: int | None = None, size: tuple[int, int] | None = None) -> np.ndarray:
@@ -98,10 +107,9 @@ def read_video(uri: str, num_frames: int | None = None, size: tuple[int, int] | 
 
     with fsspec.open(uri, "rb") as f:
         data = f.read()
-    kwargs = {}
-    if size is not None:
-        kwargs = {"height": int(size[0]), "width": int(size[1])}
-    reader = decord.VideoReader(io.BytesIO(data), ctx=decord.cpu(0), **kwargs)
+    # Decoded at the native size: decord's own resize fails for widths that are not
+    # multiples of 32, so frames are resized afterwards with OpenCV.
+    reader = decord.VideoReader(io.BytesIO(data), ctx=decord.cpu(0))
     total = len(reader)
     if total == 0:
         raise ValueError(f"{uri}: no frames")
@@ -109,7 +117,13 @@ def read_video(uri: str, num_frames: int | None = None, size: tuple[int, int] | 
         indices = list(range(total))
     else:
         indices = np.linspace(0, total - 1, num_frames).round().astype(int).tolist()
-    return reader.get_batch(indices).asnumpy()
+    frames = reader.get_batch(indices).asnumpy()
+    if size is not None and tuple(frames.shape[1:3]) != (int(size[0]), int(size[1])):
+        import cv2
+
+        frames = np.stack([cv2.resize(f, (int(size[1]), int(size[0])), interpolation=cv2.INTER_AREA)
+                           for f in frames])
+    return frames
 
 
 def read_image(uri: str, size: tuple[int, int] | None = None):

@@ -11,6 +11,10 @@ from raypipe.stages.base import Generated, Result, Stage
 
 STAGES: dict[str, str] = {
     "cogvideox": "raypipe.stages.cogvideox:CogVideoXStage",
+    "exvideo": "raypipe.stages.exvideo:ExVideoStage",
+    "deforum": "raypipe.stages.deforum:DeforumStage",
+    "sdxl_video": "raypipe.stages.sdxl_video:SDXLVideoStage",
+    "animatediff": "raypipe.stages.animatediff:AnimateDiffStage",
 }
 
 

@@ -78,6 +78,8 @@ class Stage:
         resources: dict[str, Any] = {"num_cpus": config.num_cpus, "num_gpus": config.num_gpus}
         if config.memory_gb:
             resources["memory"] = int(config.memory_gb * 2**30)
+        if config.resources:
+            resources["resources"] = dict(config.resources)
         return resources
 
     @property
@@ -213,7 +215,8 @@ class Stage:
             if isinstance(inp, str):  # the inputs could not be loaded
                 out[i] = self._failed(row, inp, utcnow(), 0.0)
             else:
-                groups.setdefault(self.batch_key(row), []).append(i)
+                # rows of another sp_degree run elsewhere (a gang: raypipe/parallel), never in one call
+                groups.setdefault((self.batch_key(row), getattr(row, "sp_degree", 1)), []).append(i)
         for indices in groups.values():
             group = self._run_group([rows[i] for i in indices], [inputs[i] for i in indices])  # type: ignore[misc]
             for i, result in zip(indices, group):
