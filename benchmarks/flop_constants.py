@@ -132,7 +132,8 @@ def main() -> None:
         forward = build()
         a, b, tt = fit(forward, video)
         check = (24, 80, 80) if video else (1, 80, 80)
-        model = check[0] * (a * check[1] * check[2] + b * (check[1] * check[2]) ** 2) + tt * check[0] ** 2 * check[1] * check[2]
+        frames, pixels = check[0], check[1] * check[2]
+        model = frames * (a * pixels + b * pixels ** 2) + tt * frames ** 2 * pixels
         counted = forward(*check)
         print(f'    "{name}": UNetFlops(a={a:.6g}, b={b:.6g}, t={tt:.6g}),  # check at {check}: '
               f'{model / counted - 1:+.2%}')
@@ -146,7 +147,8 @@ def main() -> None:
                                                   use_rotary_positional_embeddings=True)
     counted = count(transformer, t(1, 13, 16, 60, 90), t(1, 226, 4096), t(1))
     formula = dit_forward_flops(COGVIDEOX_5B, 49, 480, 720)
-    print(f"CogVideoX-5B, one 49x480x720 forward: formula {formula / 1e12:.1f} TFLOP, counted {counted / 1e12:.1f} TFLOP")
+    print(f"CogVideoX-5B, one 49x480x720 forward: formula {formula / 1e12:.1f} TFLOP, "
+          f"counted {counted / 1e12:.1f} TFLOP")
 
 
 if __name__ == "__main__":

@@ -9,8 +9,8 @@ Both run as separate processes and are timed whole: Python start-up, imports, mo
   each row the pipeline call with the row's seed and the MP4 written with raypipe.video.write_video
   (the same H.264 encoder and commit raypipe uses). torch uses both cores (its default).
 - raypipe: `raypipe run MANIFEST --out DIR --config C --address local`, C giving the CogVideoX
-  pool two actors of 0.75 CPU each (Ray sets OMP_NUM_THREADS=1 for them: one torch thread
-  each), which leaves half a CPU for the CPU stages that decode, encode and commit.
+  pool two actors of 0.5 CPU each (Ray sets OMP_NUM_THREADS=1 for them: one torch thread
+  each), which leaves a CPU for the CPU stages that decode, encode and commit.
 
 The last line is ratio=<raypipe videos per second / loop videos per second>.
 """
@@ -75,6 +75,8 @@ def main() -> None:
     parser.add_argument("--frames", type=int, default=25)
     parser.add_argument("--size", type=int, default=96)
     parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--pool-size", type=int, default=2)
+    parser.add_argument("--batch-size", type=int, default=2)
     parser.add_argument("--loop", nargs=2, metavar=("MANIFEST", "OUT"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.loop:
@@ -92,9 +94,11 @@ def main() -> None:
     manifest = work / "bench.jsonl"
     manifest.write_text("".join(json.dumps(r) + "\n" for r in rows(args.rows, args.frames, args.size, args.steps)))
     config = work / "config.yaml"
-    config.write_text("kinds:\n  cogvideox:\n    pool_size: 2\n    num_cpus: 0.75\n    batch_size: 1\n")
+    config.write_text(f"kinds:\n  cogvideox:\n    pool_size: {args.pool_size}\n    num_cpus: {1.0 / args.pool_size}\n"
+                      f"    batch_size: {args.batch_size}\n")
     print(f"{args.rows} videos of {args.frames}x{args.size}x{args.size}, {args.steps} steps with CFG, tiny CogVideoX; "
-          f"{os.cpu_count()} cores; load average before: {os.getloadavg()[0]:.2f}", flush=True)
+          f"raypipe: {args.pool_size} actors, batch_size {args.batch_size}; {os.cpu_count()} cores; "
+          f"load average before: {os.getloadavg()[0]:.2f}", flush=True)
 
     loop_seconds, _ = timed([sys.executable, __file__, "--loop", str(manifest), str(work / "loop")], env)
     print(f"loop:    {loop_seconds:6.1f} s  {args.rows / loop_seconds:.3f} videos/s", flush=True)

@@ -94,7 +94,7 @@ def cmd_validate(args) -> int:
     from raypipe import run
 
     config, uris = _load(args)
-    run.init_ray(args.address)
+    run.init_ray(args.address, dashboard=False)
     total, rejected = run.rejected_rows(uris, config)
     for r in rejected:
         print(f"{r['source']}:{r['line']}\tid={r['id']}\t{r['error']}")
@@ -107,7 +107,7 @@ def cmd_plan(args) -> int:
     from raypipe.plan import make_plan
 
     config, uris = _load(args)
-    run.init_ray(args.address)
+    run.init_ray(args.address, dashboard=False)
     plan = make_plan(uris, config)
     print(plan.to_json() if args.json else plan.table())
     return EXIT_OK

@@ -68,7 +68,8 @@ KNOWN_DITS: list[tuple[str, DiTShape]] = [
 def dit_forward_flops(shape: DiTShape, frames: int, height: int, width: int) -> float:
     """FLOPs of one transformer forward over a video of frames x height x width (formula above)."""
     latent_frames = (frames - 1) // shape.temporal_compression + 1
-    per_frame = (height // shape.spatial_compression // shape.patch) * (width // shape.spatial_compression // shape.patch)
+    patch_pixels = shape.spatial_compression * shape.patch
+    per_frame = (height // patch_pixels) * (width // patch_pixels)
     n = shape.text_tokens + math.ceil(latent_frames / shape.patch_t) * per_frame
     d = shape.hidden
     return shape.layers * ((8 + 4 * shape.mlp_ratio) * n * d * d + 4 * n * n * d)
@@ -94,7 +95,8 @@ def dit_shape(model: str) -> DiTShape | None:
     if config:
         vae = _read_json(os.path.join(path, "vae", "config.json")) or {}
         blocks = len(vae.get("block_out_channels", [0, 0, 0, 0]))
-        return DiTShape(layers=config["num_layers"], hidden=config["num_attention_heads"] * config["attention_head_dim"],
+        return DiTShape(layers=config["num_layers"],
+                        hidden=config["num_attention_heads"] * config["attention_head_dim"],
                         text_tokens=config.get("max_text_seq_length", 226), patch=config.get("patch_size", 2),
                         patch_t=config.get("patch_size_t") or 1,
                         temporal_compression=config.get("temporal_compression_ratio", 4),

@@ -1,11 +1,11 @@
 """The Ray Data graph: read -> validate -> route -> one actor pool per kind -> sink.
 
-    count pass: read ─▶ validate ─▶ rows per route (a kind, "rejected", "skip"); only counts reach the driver
-    then one streaming execution, a branch per kind that has valid rows, and one for the rest:
+    count pass: read ─▶ validate ─▶ rows per route (a kind, "rejected" or "skip"): counts only
+    then one streaming execution (or one per wave, see pool_waves), a branch per pooled kind:
 
-    read ─▶ kind == K ─▶ validate ─▶ load inputs (CPU) ─▶ K's actor pool ─▶ write_videos (CPU) ─┐
-    read ─▶ kind == L ─▶ validate ─▶ load inputs (CPU) ─▶ L's actor pool ─▶ write_videos (CPU) ─┤─▶ union ─▶ driver:
-    read ─▶ no pool for its kind ─▶ validate ─▶ rejected metadata ──────────────────────────────┘   metadata parts
+    read ─▶ kind K ─▶ validate ─▶ load inputs (CPU) ─▶ K's pool ─▶ write_videos (CPU) ─┐
+    read ─▶ kind L ─▶ validate ─▶ load inputs (CPU) ─▶ L's pool ─▶ write_videos (CPU) ─┼─▶ driver:
+    read ─▶ no pool for its kind ─▶ validate ─▶ rejected metadata ─────────────────────┘  metadata parts
 
 - Streaming: the manifests are read by one Ray task per branch (ids are checked in manifest
   order there, and the resume index is loaded there); rows flow in blocks of READ_BATCH_ROWS;
@@ -46,14 +46,15 @@ from raypipe.config import KindConfig, RunConfig
 from raypipe.manifest import batched_records, read_records
 from raypipe.metrics import RunMetrics, StageMeter
 from raypipe.parallel import check_sequence_parallel
-from raypipe.schema import KNOWN_KINDS, empty_metadata, prompt_text, metadata_from_row, row_from_json, row_to_json, validate_row
+from raypipe.schema import (KNOWN_KINDS, empty_metadata, metadata_from_row, prompt_text, row_from_json, row_to_json,
+                            validate_row)
 from raypipe.sink import (MetadataSink, load_done_ids, meta_from_json, meta_to_json, reconcile,
                           remove_stale_temp_files, write_videos)
 
 log = logging.getLogger("raypipe")
 
-READ_BATCH_ROWS = 4096
-BLOCK_BYTES = 1 << 20
+READ_BATCH_ROWS = 16384
+BLOCK_BYTES = 4 << 20
 # Environment variables that configure object storage (fsspec, s3fs, gcsfs, adlfs): the driver's
 # are forwarded to every worker of the run, so that tasks and actors reach the same storage.
 STORAGE_ENV_PREFIXES = ("AWS_", "FSSPEC_", "GOOGLE_APPLICATION_CREDENTIALS", "GCSFS_", "AZURE_STORAGE_")
@@ -65,9 +66,10 @@ def storage_env() -> dict[str, str]:
     return {k: v for k, v in os.environ.items() if k.startswith(STORAGE_ENV_PREFIXES)}
 
 
-def init_ray(address: str | None = None) -> bool:
+def init_ray(address: str | None = None, dashboard: bool = True) -> bool:
     """Connect to (or start) Ray; True if this call started it. Inside `ray job submit`
-    RAY_ADDRESS is set and ray.init() joins that cluster.
+    RAY_ADDRESS is set and ray.init() joins that cluster. dashboard=False: a Ray started here
+    runs without the dashboard (a second of start-up on 2 cores; `validate` and `plan` need none).
 
     The driver's object-storage settings (AWS_*, FSSPEC_*, ...) go to the run's workers in its
     runtime_env; inside `ray job submit` the job's own runtime_env rules instead (set them
@@ -81,6 +83,8 @@ def init_ray(address: str | None = None) -> bool:
     env = storage_env()
     if env and RAY_JOB_CONFIG_JSON_ENV_VAR not in os.environ:
         kwargs["runtime_env"] = {"env_vars": env}
+    if not dashboard:
+        kwargs["include_dashboard"] = False  # ignored when joining a running cluster
     ray.init(address=address, logging_level=logging.WARNING, log_to_driver=True,
              configure_logging=True, **kwargs)
     return True
@@ -95,8 +99,8 @@ def _quiet_ray_data() -> None:
     ctx.enable_operator_progress_bars = False
     # Small blocks, for streaming: a task's outputs are merged into one block until it reaches
     # this size, so with Ray Data's 128 MiB default the reader would hand a million rows to the
-    # validators in two blocks (two tasks, one after the other). At 1 MiB a block holds about
-    # READ_BATCH_ROWS records, and a row's frames are a block of their own.
+    # validators in two blocks (two tasks, one after the other). At 4 MiB a block holds about
+    # READ_BATCH_ROWS records.
     ctx.target_max_block_size = BLOCK_BYTES
 
 
@@ -312,32 +316,38 @@ class _Failed:
 
 
 def records_dataset(uris: list[str], config: RunConfig, out: str | None = None, run_id: str | None = None,
-                    sweep: bool = False):
+                    sweep: bool = False, read_cpus: float = 0.0):
     """Every manifest row as a record (id, source, line, kind, route, raw_json, error), read by
-    one task in manifest order; route is "pending", "rejected" or "skip" (ok in `out` already)."""
+    one task in manifest order; route is "pending", "rejected" or "skip" (ok in `out` already).
+
+    read_cpus: the read task's CPU. 0 beside pools: it may live as long as the run (backpressure
+    pauses it) and must never hold a CPU that a pool's actors or the CPU stages wait for. 1 in
+    the passes that only validate (count, `raypipe validate`, `raypipe plan`): the read is their
+    one sequential part, and without a CPU of its own the validating tasks crowd it out."""
     import ray.data
 
     _quiet_ray_data()
-    # One task; it takes no CPU slot: it may live as long as the run (backpressure pauses it)
-    # and must never hold a CPU that a pool's actors or the CPU stages are waiting for.
     return (ray.data.from_items([{"manifests": 0}])
-            .map_batches(_read_fn(uris, out, run_id, sweep), batch_size=None, num_cpus=0))
+            .map_batches(_read_fn(uris, out, run_id, sweep), batch_size=None, num_cpus=read_cpus))
 
 
-def _validate(records, config: RunConfig, keep_rows: bool = True, then=None):
+def _validate(records, config: RunConfig, keep_rows: bool = True, then=None, num_cpus: float | None = None):
     defaults = {kind: kc.defaults for kind, kc in config.kinds.items()}
     kinds = {kind: kc.model_dump() for kind, kc in config.kinds.items()}
     return records.map_batches(_validate_batch,
                                fn_kwargs={"defaults": defaults, "kinds": kinds, "keep_rows": keep_rows, "then": then},
-                               batch_size=READ_BATCH_ROWS, num_cpus=config.cpu_stage_num_cpus)
+                               batch_size=READ_BATCH_ROWS, num_cpus=num_cpus or config.cpu_stage_num_cpus)
 
 
 def validated_dataset(uris: list[str], config: RunConfig, out: str | None = None, run_id: str | None = None,
                       keep_rows: bool = True, then=None):
     """Records of every manifest row with their route: a kind, 'rejected' or 'skip'; and, with
     keep_rows, the validated row as JSON (row_json) for the stages that need it. then: see
-    _validate_batch."""
-    return _validate(records_dataset(uris, config, out, run_id), config, keep_rows, then)
+    _validate_batch. For passes that only validate (no pools run beside them)."""
+    # Validation is pure Python work: a validating process per half core is enough (more only
+    # adds switching; measured in BENCHMARKS.md), the read keeps a core of its own.
+    return _validate(records_dataset(uris, config, out, run_id, read_cpus=1.0), config, keep_rows, then,
+                     num_cpus=max(0.5, config.cpu_stage_num_cpus))
 
 
 def count_routes(uris: list[str], config: RunConfig, out: str | None = None, run_id: str | None = None
@@ -361,12 +371,13 @@ def pool_dataset(records, kind: str, kc: KindConfig, rows: int, out: str, config
     cpu = config.cpu_stage_num_cpus
     size = min(kc.pool_size, rows)
     compute = ray.data.ActorPoolStrategy(min_size=size, max_size=max(size, min(kc.max_pool_size or size, rows)))
+    # Blocks of one actor batch each: a task takes whole blocks and yields its output as one
+    # block at its end, so a block of a thousand rows would go to one actor, and reach the
+    # writers only once all of it is generated. One batch per block spreads the rows over the
+    # pool's actors (and the input decoding over CPU tasks), and each video is encoded and
+    # committed as soon as its batch is done.
     validated = _validate(records.filter(expr=(col("kind") == kind) & (col("route") == "pending"), num_cpus=0),
                           config)
-    # Blocks of one actor batch each: a task takes whole blocks and yields its output as one
-    # block at its end, so a 4096-row block would go to one actor and reach the writers only
-    # once all of it is generated. One batch per block spreads the rows over the pool's actors,
-    # and each video is encoded and committed as soon as its batch is done.
     batches = validated.repartition(target_num_rows_per_block=kc.batch_size)
     with_inputs = batches.map_batches(_load_inputs, fn_kwargs={"stage_path": stage_path,
                                                                "kind_config": kc.model_dump()},
@@ -441,7 +452,9 @@ def pool_waves(kinds: list[str], routes: dict[str, int], config: RunConfig, stag
     (two 1-CPU pools on a 2-CPU laptop). Such kinds run in waves, one streaming execution each;
     on a cluster with room for every pool (capacity: ray.cluster_resources()) there is one wave.
     A kind that does not fit even alone gets a wave of its own (an autoscaler may add nodes)."""
-    cpu_stages = 2 * config.cpu_stage_num_cpus  # room for a CPU task or two beside the pools
+    # Room beside the pools for the CPU stages: a task or two, and the block splitting before
+    # each pool (Ray Data's StreamingRepartition, whose tasks take a whole CPU).
+    cpu_stages = max(1.0, 2 * config.cpu_stage_num_cpus)
     waves: list[list[str]] = []
     free: dict[str, float] = {}
     for kind in kinds:
