@@ -467,6 +467,9 @@ def pool_waves(kinds: list[str], routes: dict[str, int], config: RunConfig, stag
             free["CPU"] = free.get("CPU", 0.0) - cpu_stages
         for name, amount in needs.items():
             free[name] = free.get(name, 0.0) - amount
+        if len(waves[-1]) == 1 and any(free.get(name, 0.0) < 0 for name in needs):
+            log.warning("raypipe: the %s pool needs %s, more than the cluster has beside a CPU for the CPU "
+                        "stages (%s); it waits for resources (an autoscaler) or stalls", kind, needs, capacity)
     return waves
 
 
