@@ -25,6 +25,8 @@ import subprocess
 import sys
 import time
 
+from memory import rss_mib  # benchmarks/memory.py (scripts run from benchmarks/ on sys.path)
+
 VARIANTS = {
     "plain": ({}, 1, True),
     "vae_tiling": ({"vae_tiling": True}, 1, True),
@@ -38,12 +40,6 @@ VARIANTS = {
 }
 
 
-def rss_mib(field: str) -> float:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(field + ":"):
-                return int(line.split()[1]) / 1024
-    raise RuntimeError(field)
 
 
 def run(variant: str, height: int, width: int, frames: int, steps: int, out: str) -> dict:

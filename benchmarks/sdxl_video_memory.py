@@ -19,13 +19,9 @@ import subprocess
 import sys
 import time
 
+from memory import rss_mib  # benchmarks/memory.py (scripts run from benchmarks/ on sys.path)
 
-def rss_mib(field: str) -> float:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(field + ":"):
-                return int(line.split()[1]) / 1024
-    raise RuntimeError(field)
+
 
 
 def one_row(size: int, frames: int, repeats: int, decode_chunk_size: int, steps: int) -> dict:
