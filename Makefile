@@ -8,11 +8,14 @@ STAMP := $(VENV)/.installed
 
 venv: $(STAMP)
 
-# Reinstalls only when pyproject.toml changes: quick when nothing did.
-$(STAMP): pyproject.toml
+# Reinstalls only when pyproject.toml (or this file) changes: quick when nothing did.
+# editable_mode=compat: the checkout goes on sys.path as a plain path entry. The default (an import
+# hook) loses to a folder named `raypipe` in the directory a run starts from (e.g. `--out raypipe`),
+# which Ray puts on its workers' sys.path: they would import that folder instead of the package.
+$(STAMP): pyproject.toml Makefile
 	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/python -m pip install -q --upgrade pip
-	$(VENV)/bin/python -m pip install -q -e '.[test]'
+	$(VENV)/bin/python -m pip install -q -e '.[test]' --config-settings editable_mode=compat
 	touch $(STAMP)
 
 demo: venv

@@ -3,6 +3,7 @@ with the real tiny pipelines: mixed pools in one run, outputs and manifests on S
 on 127.0.0.1, real HTTP, real s3fs) with resume, a driver killed by SIGKILL mid-run and rerun,
 a node lost mid-run, a row that kills its worker every time, and `raypipe plan`."""
 
+import contextlib
 import io
 import json
 import os
@@ -15,6 +16,7 @@ from pathlib import Path
 
 import decord
 import fsspec
+import psutil
 import pytest
 import yaml
 
@@ -104,6 +106,13 @@ def test_pools_that_do_not_fit_together_run_in_waves():
     kinds = ["animatediff", "cogvideox", "deforum"]
     assert run.pool_waves(kinds, {k: 10 for k in kinds}, gpu, STAGES, {"CPU": 64.0, "GPU": 2.0}) == [
         ["animatediff", "cogvideox"], ["deforum"]]
+
+
+def test_rows_without_a_final_state_fail_the_exit_code():
+    summary = run.RunSummary(total=3, by_status={"ok": 2, "failed": 0, "rejected": 0})
+    assert summary.exit_code == 1  # one row lost even in the sweep: not "every row ok"
+    summary.by_status["ok"] = 3
+    assert summary.exit_code == 0
 
 
 def test_reconcile_keeps_one_row_per_id(tmp_path):
@@ -268,7 +277,11 @@ def test_driver_killed_mid_run_then_rerun_ends_every_row_ok_once(cluster, tmp_pa
     before = {m["id"]: m for m in read_metadata(str(out)).to_pylist() if m["status"] == "ok"}
     assert before
 
-    rerun = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=400)
+    # The rerun starts elsewhere, from a directory holding a folder named `raypipe`: Ray puts the
+    # driver's directory on its workers' sys.path, and they must still import the package.
+    elsewhere = tmp_path / "elsewhere"
+    (elsewhere / "raypipe").mkdir(parents=True)
+    rerun = subprocess.run(command, cwd=elsewhere, capture_output=True, text=True, timeout=400)
     assert rerun.returncode == 0, rerun.stderr[-3000:]
     meta = metadata_by_id(out)
     assert set(meta) == {f"crash-{i}" for i in range(n)}
@@ -319,7 +332,7 @@ def test_node_lost_mid_run_costs_only_the_rows_in_flight(cluster, tmp_path):
         cluster.add_node(num_cpus=1, resources={"pool_node": 1})
     cluster.wait_for_nodes()
     n = 6
-    rows = [{**row, "num_frames": 17, "height": 96, "width": 96, "num_inference_steps": 12}
+    rows = [{**row, "num_frames": 17, "height": 96, "width": 96, "num_inference_steps": 20}
             for row in cogvideox_rows("node", n)]
     manifest = write_jsonl(tmp_path / "node.jsonl", rows)
     config = load_config(write_config(tmp_path / "c.yaml", {
@@ -335,7 +348,14 @@ def test_node_lost_mid_run_costs_only_the_rows_in_flight(cluster, tmp_path):
                 worker = first.column("worker")[0].as_py()
                 node = raylet_of(cluster, int(worker.rsplit(":", 1)[1]))
                 lost.update(worker=worker, done=first.num_rows)
+                # The node dies whole: its worker processes with its raylet. (Killing the raylet
+                # alone leaves the actor serving direct calls until it notices, which on fast rows
+                # can be the rest of the run.)
+                doomed = psutil.Process(node.all_processes["raylet"][0].process.pid).children(recursive=True)
                 cluster.remove_node(node, allow_graceful=False)
+                for process in doomed:
+                    with contextlib.suppress(psutil.NoSuchProcess):
+                        process.kill()
             time.sleep(0.05)
 
     killer = threading.Thread(target=kill_the_pool_node)
