@@ -249,7 +249,10 @@ def test_s3_manifest_and_outputs_with_resume(cluster, tmp_path):
     assert len(fs.ls(f"{BUCKET}/runs/one/videos")) == 3
 
 
-def test_driver_killed_mid_run_then_rerun_ends_every_row_ok_once(cluster, tmp_path):
+@pytest.mark.parametrize("ray_of_the_run", ["cluster", "its own"])
+def test_driver_killed_mid_run_then_rerun_ends_every_row_ok_once(cluster, tmp_path, ray_of_the_run):
+    """The driver SIGKILLed mid-run: joined to a running cluster (which lives on), or with the local
+    Ray it started (killed whole with it: every process of it at once, as when the machine dies)."""
     n = 8
     # rows of a second or so each, so that the driver dies while most are still to do
     rows = [{**row, "num_frames": 25, "height": 96, "width": 96, "num_inference_steps": 16}
@@ -259,7 +262,7 @@ def test_driver_killed_mid_run_then_rerun_ends_every_row_ok_once(cluster, tmp_pa
     out = tmp_path / "out"
     videos = out / "videos"
     command = [sys.executable, "-m", "raypipe.cli", "run", str(manifest), "--out", str(out), "--config", config,
-               "--address", cluster.address]
+               "--address", cluster.address if ray_of_the_run == "cluster" else "local"]
     with open(tmp_path / "first.log", "wb") as log:
         driver = subprocess.Popen(command, cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + 240
@@ -268,7 +271,13 @@ def test_driver_killed_mid_run_then_rerun_ends_every_row_ok_once(cluster, tmp_pa
             if (out / "metadata").is_dir() and any(p.name.startswith("part-") for p in (out / "metadata").iterdir()):
                 break
             time.sleep(0.05)
+        its_ray = psutil.Process(driver.pid).children(recursive=True) if ray_of_the_run == "its own" else []
+        if ray_of_the_run == "its own":  # the driver started the Ray it runs on
+            assert any("raylet" in process.name() for process in its_ray), [p.name() for p in its_ray]
         driver.send_signal(signal.SIGKILL)
+        for process in its_ray:  # GCS, raylet, workers: the whole local cluster
+            with contextlib.suppress(psutil.NoSuchProcess):
+                process.kill()
         assert driver.wait(timeout=60) == -signal.SIGKILL, (tmp_path / "first.log").read_text()[-3000:]
     at_kill = [p for p in videos.iterdir() if p.suffix == ".mp4"]
     assert 0 < len(at_kill) < n, "the driver must die mid-run"
