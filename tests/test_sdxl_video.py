@@ -124,11 +124,17 @@ def test_init_image_row(run):
 
 
 def test_saved_checkpoint_makes_the_same_video(run, saved_dir):
-    _, _, meta = run
+    out, _, meta = run
     saved, original = meta["saved"], meta["original"]
     assert saved["status"] == original["status"] == "ok"
     assert saved["model"] == str(saved_dir) and original["model"] == "tiny:sdxl_video"
-    assert saved["sha256"] == original["sha256"]  # identical frames, identical H.264 bytes
+    # The same frames up to float rounding. Usually the H.264 bytes are identical too, but not
+    # always (one CI run: CPU kernels may round differently between two loads of the same weights,
+    # and one flipped level changes the hash); different weights would differ by tens of levels.
+    videos = [decord.VideoReader(str(out / "videos" / f"{name}.mp4")).get_batch(list(range(8))).asnumpy()
+              for name in ("saved", "original")]
+    assert videos[0].shape == videos[1].shape == (8, 64, 64, 3)
+    assert np.abs(videos[0].astype(np.int16) - videos[1].astype(np.int16)).mean() < 1.0
 
 
 def test_bad_chunk_settings_are_rejected_naming_the_field(run):
