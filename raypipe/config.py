@@ -100,17 +100,16 @@ class RunConfig(BaseModel):
     plan: PlanConfig = Field(default_factory=PlanConfig)
 
 
+# Every kind's pool in the built-in config: one actor of one CPU, one row a call, float32 on CPU.
+ON_CPU: dict[str, Any] = {"dtype": "float32", "device": "cpu", "pool_size": 1, "num_gpus": 0, "num_cpus": 1,
+                          "batch_size": 1}
+
 DEFAULT_CONFIG: dict[str, Any] = {
     "kinds": {
         "cogvideox": {
             "model": "tiny:cogvideox",
             "models": {"i2v": "tiny:cogvideox-i2v"},
-            "dtype": "float32",
-            "device": "cpu",
-            "pool_size": 1,
-            "num_gpus": 0,
-            "num_cpus": 1,
-            "batch_size": 1,
+            **ON_CPU,
             "defaults": {"num_frames": 9, "height": 64, "width": 64, "num_inference_steps": 4,
                          "guidance_scale": 6.0, "fps": 8},
             # sp_degree rows: small CPU shares per rank, so a 2-rank gang, the pool actor and the
@@ -122,24 +121,14 @@ DEFAULT_CONFIG: dict[str, Any] = {
             "model": "tiny:cogvideox",
             "models": {"lora": "tiny:exvideo-lora/ExVideo-CogVideoX-LoRA-129f-v1.safetensors",
                        "svd": "tiny:svd", "svd_extension": "tiny:svd/model.fp16.safetensors"},
-            "dtype": "float32",
-            "device": "cpu",
-            "pool_size": 1,
-            "num_gpus": 0,
-            "num_cpus": 1,
-            "batch_size": 1,
+            **ON_CPU,
             "defaults": {"num_frames": 17, "height": 64, "width": 64, "num_inference_steps": 2,
                          "guidance_scale": 3.0, "fps": 8},
             "sp": {"rank_num_cpus": 0.25},
         },
         "sdxl_video": {
             "model": "tiny:sdxl_video",
-            "dtype": "float32",
-            "device": "cpu",
-            "pool_size": 1,
-            "num_gpus": 0,
-            "num_cpus": 1,
-            "batch_size": 1,
+            **ON_CPU,
             "defaults": {"num_frames": 4, "num_repeats": 2, "num_conditioning_frames": 2,
                          "conditioning_strength": 1.0, "height": 64, "width": 64, "num_inference_steps": 2,
                          "guidance_scale": 5.0, "fps": 8},
@@ -150,12 +139,7 @@ DEFAULT_CONFIG: dict[str, Any] = {
             # Stable Diffusion 1.5 (txt2img + img2img); the depth model animates 3D rows.
             "model": "tiny:sd15",
             "models": {"depth": "tiny:depth"},
-            "dtype": "float32",
-            "device": "cpu",
-            "pool_size": 1,
-            "num_gpus": 0,
-            "num_cpus": 1,
-            "batch_size": 1,
+            **ON_CPU,
             # Below a row's Deforum settings (file, then `deforum` object), which win.
             "defaults": {"num_frames": 8, "height": 64, "width": 64, "num_inference_steps": 4, "fps": 8},
         },
@@ -166,12 +150,7 @@ DEFAULT_CONFIG: dict[str, Any] = {
                        "controlnet_canny": "tiny:animatediff-controlnet",
                        "controlnet_depth": "tiny:animatediff-controlnet",
                        "depth_estimator": "tiny:depth"},
-            "dtype": "float32",
-            "device": "cpu",
-            "pool_size": 1,
-            "num_gpus": 0,
-            "num_cpus": 1,
-            "batch_size": 1,
+            **ON_CPU,
             # motion_window: the motion adapter's window (motion_max_seq_length), so that validation
             # rejects longer clips without free_noise; keep it equal to the adapter's.
             "defaults": {"num_frames": 16, "height": 64, "width": 64, "num_inference_steps": 4,

@@ -137,6 +137,7 @@ def _validate_batch(batch: dict[str, np.ndarray], defaults: dict[str, dict],
     the validated row as JSON (row_json). then: a reduction of the validated batch, run in the
     same task (counting, pricing), so that only its result leaves the task."""
     routes, errors, rows = [], [], []
+    configs: dict[str, KindConfig] = {}  # parsed once a batch, for the rows that need them
     for route, kind, raw_json, error in zip(batch["route"], batch["kind"], batch["raw_json"], batch["error"]):
         row_json = ""
         if route == "pending":
@@ -145,7 +146,9 @@ def _validate_batch(batch: dict[str, np.ndarray], defaults: dict[str, dict],
                     raise ValueError(f"kind: no model configured for {kind!r} in the run config")
                 row = validate_row(from_json(raw_json), defaults.get(kind))
                 if kinds and getattr(row, "sp_degree", 1) > 1:  # heads, latent rows, CFG parallel, gang size
-                    check_sequence_parallel(row, KindConfig.model_validate(kinds[kind]))
+                    if kind not in configs:
+                        configs[kind] = KindConfig.model_validate(kinds[kind])
+                    check_sequence_parallel(row, configs[kind])
                 route, row_json = row.kind, (row_to_json(row) if keep_rows else "")
             except ValueError as err:
                 route, error = "rejected", str(err)

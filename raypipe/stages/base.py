@@ -137,6 +137,15 @@ class Stage:
         self._pipelines[model] = pipe
         return pipe
 
+    def pipeline_of_type(self, model: str, wanted: type, needed_by: str) -> Any:
+        """pipeline(model), which must be a `wanted`: a row naming another kind of checkpoint fails
+        on its `model` field ("<needed_by> needs a <wanted> checkpoint")."""
+        pipe = self.pipeline(model)
+        if type(pipe) is not wanted:
+            raise ValueError(f"model: {model} is a {type(pipe).__name__}; {needed_by} needs a "
+                             f"{wanted.__name__} checkpoint")
+        return pipe
+
     # ---- generation -----------------------------------------------------------------
 
     def batch_key(self, row: RowBase) -> Hashable:

@@ -61,12 +61,8 @@ class CogVideoXStage(Stage):
         """The pipeline that runs the row's mode, loaded once."""
         from diffusers import CogVideoXImageToVideoPipeline, CogVideoXPipeline, CogVideoXVideoToVideoPipeline
 
-        model = self.model_for(row)
-        pipe = self.pipeline(model)
         wanted = CogVideoXImageToVideoPipeline if row.mode == "i2v" else CogVideoXPipeline
-        if type(pipe) is not wanted:
-            raise ValueError(f"model: {model} is a {type(pipe).__name__}; mode {row.mode} needs a "
-                             f"{wanted.__name__} checkpoint")
+        pipe = self.pipeline_of_type(self.model_for(row), wanted, f"mode {row.mode}")
         if row.mode == "v2v":  # the same modules, the video-to-video loop
             pipe = CogVideoXVideoToVideoPipeline(**pipe.components)
             pipe.set_progress_bar_config(disable=True)

@@ -73,13 +73,8 @@ class ExVideoStage(Stage):
     def base_pipeline(self, row: ExVideoRow) -> Any:
         from diffusers import CogVideoXPipeline, StableVideoDiffusionPipeline
 
-        model = self.model_for(row)
-        pipe = self.pipeline(model)
         wanted = CogVideoXPipeline if row.base == "cogvideox" else StableVideoDiffusionPipeline
-        if type(pipe) is not wanted:
-            raise ValueError(f"model: {model} is a {type(pipe).__name__}; base {row.base} needs a "
-                             f"{wanted.__name__} checkpoint")
-        return pipe
+        return self.pipeline_of_type(self.model_for(row), wanted, f"base {row.base}")
 
     def batch_key(self, row: ExVideoRow) -> Hashable:
         loras = tuple((spec.path, spec.weight) for spec in row.lora)
