@@ -31,6 +31,16 @@ def write_manifest(path: Path, rows: int) -> None:
             f.write(json.dumps(row) + "\n")
 
 
+def the_manifest(rows: int, keep: str | None) -> Path:
+    """The benchmark's manifest of `rows` rows, in `keep` (written there once) or a new temp folder."""
+    folder = Path(keep or tempfile.mkdtemp(prefix="raypipe-validate-"))
+    folder.mkdir(parents=True, exist_ok=True)
+    manifest = folder / f"manifest-{rows}.jsonl"
+    if not manifest.exists():
+        write_manifest(manifest, rows)
+    return manifest
+
+
 def peak_kib(pid: int) -> int:
     try:
         with open(f"/proc/{pid}/status") as f:
@@ -47,11 +57,8 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=1_000_000)
     parser.add_argument("--keep", help="write the manifest here and keep it")
     args = parser.parse_args()
-    folder = Path(args.keep or tempfile.mkdtemp(prefix="raypipe-validate-"))
-    folder.mkdir(parents=True, exist_ok=True)
-    manifest = folder / f"manifest-{args.rows}.jsonl"
-    if not manifest.exists():
-        write_manifest(manifest, args.rows)
+    manifest = the_manifest(args.rows, args.keep)
+    folder = manifest.parent
     print(f"manifest: {manifest} ({args.rows} rows, {manifest.stat().st_size / 1e6:.0f} MB); "
           f"load average before: {os.getloadavg()[0]:.2f}", flush=True)
     raypipe = Path(sys.executable).with_name("raypipe")

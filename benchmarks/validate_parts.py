@@ -17,11 +17,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import tempfile
 import time
-from pathlib import Path
 
-from validate_million import write_manifest  # benchmarks/validate_million.py (this folder is on sys.path)
+from validate_million import the_manifest  # benchmarks/validate_million.py (this folder is on sys.path)
 
 
 def per_item_us(function, items) -> float:
@@ -54,11 +52,7 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=1_000_000)
     parser.add_argument("--keep", help="write the manifest here and keep it")
     args = parser.parse_args()
-    folder = Path(args.keep or tempfile.mkdtemp(prefix="raypipe-validate-"))
-    folder.mkdir(parents=True, exist_ok=True)
-    manifest = folder / f"manifest-{args.rows}.jsonl"
-    if not manifest.exists():
-        write_manifest(manifest, args.rows)
+    manifest = the_manifest(args.rows, args.keep)
 
     import pyarrow as pa
     from pydantic_core import from_json
