@@ -1,10 +1,11 @@
 # make demo: videos + metadata of manifests/demo.jsonl under out/demo (tiny models, CPU)
 # make test: the test suite (real local Ray, real tiny pipelines)
+# make lint: ruff's lint and format check (CI runs it before the tests)
 PYTHON ?= python3
 VENV := .venv
 STAMP := $(VENV)/.installed
 
-.PHONY: venv demo test clean
+.PHONY: venv demo test lint clean
 
 venv: $(STAMP)
 
@@ -23,6 +24,10 @@ demo: venv
 
 test: venv
 	$(VENV)/bin/python -m pytest -q tests
+
+lint: venv
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
 
 clean:
 	rm -rf out .pytest_cache

@@ -31,15 +31,21 @@ VARIANTS = {
     "plain": ({}, 1, True),
     "vae_tiling": ({"vae_tiling": True}, 1, True),
     "first_block_cache": ({"step_cache": {"type": "first_block_cache", "threshold": 0.05}}, 1, True),
-    "pyramid_attention_broadcast": ({"step_cache": {"type": "pyramid_attention_broadcast",
-                                                    "spatial_attention_block_skip_range": 2,
-                                                    "spatial_attention_timestep_skip_range": [-1, 1001]}}, 1, True),
+    "pyramid_attention_broadcast": (
+        {
+            "step_cache": {
+                "type": "pyramid_attention_broadcast",
+                "spatial_attention_block_skip_range": 2,
+                "spatial_attention_timestep_skip_range": [-1, 1001],
+            }
+        },
+        1,
+        True,
+    ),
     "2 rows, 2 calls": ({}, 2, False),
     "2 rows, 1 call": ({}, 2, True),
     "2 rows, 1 call, vae_slicing": ({"vae_slicing": True}, 2, True),
 }
-
-
 
 
 def run(variant: str, height: int, width: int, frames: int, steps: int, out: str) -> dict:
@@ -47,17 +53,30 @@ def run(variant: str, height: int, width: int, frames: int, steps: int, out: str
     import torch
 
     from raypipe.config import load_config
+    from raypipe.families.cogvideox.stage import CogVideoXStage
     from raypipe.schema import validate_row
-    from raypipe.stages.cogvideox import CogVideoXStage
 
     options, num_rows, together = VARIANTS[variant]
     config = load_config().kinds["cogvideox"].model_copy(update={"options": options})
     stage = CogVideoXStage(config)
     stage.setup()
     torch.set_num_threads(1)  # comparable CPU seconds whatever else runs on the machine
-    rows = [validate_row({"id": f"bench-{i}", "kind": "cogvideox", "prompt": "a lighthouse at dusk", "seed": i,
-                          "num_frames": frames, "height": height, "width": width, "num_inference_steps": steps},
-                         config.defaults) for i in range(num_rows)]
+    rows = [
+        validate_row(
+            {
+                "id": f"bench-{i}",
+                "kind": "cogvideox",
+                "prompt": "a lighthouse at dusk",
+                "seed": i,
+                "num_frames": frames,
+                "height": height,
+                "width": width,
+                "num_inference_steps": steps,
+            },
+            config.defaults,
+        )
+        for i in range(num_rows)
+    ]
     loaded = rss_mib("VmRSS")
     with open("/proc/self/clear_refs", "w") as f:
         f.write("5")  # reset VmHWM (the peak RSS) to the current RSS
@@ -70,9 +89,14 @@ def run(variant: str, height: int, width: int, frames: int, steps: int, out: str
     if variant == "plain":
         np.save(out, first)
     vs_plain = int(np.abs(first.astype(int) - np.load(out).astype(int)).max())
-    return {"variant": variant, "rows": num_rows, "loaded_rss_mib": round(loaded),
-            "peak_over_loaded_mib": round(peak - loaded, 1), "cpu_s_per_video": round(cpu / num_rows, 2),
-            "vs_plain": vs_plain}
+    return {
+        "variant": variant,
+        "rows": num_rows,
+        "loaded_rss_mib": round(loaded),
+        "peak_over_loaded_mib": round(peak - loaded, 1),
+        "cpu_s_per_video": round(cpu / num_rows, 2),
+        "vs_plain": vs_plain,
+    }
 
 
 def main() -> None:
@@ -93,8 +117,16 @@ def main() -> None:
     header = ("variant", "rows", "loaded_rss_mib", "peak_over_loaded_mib", "cpu_s_per_video", "vs_plain")
     print(" | ".join(header))
     for variant in VARIANTS:  # "plain" first: the others compare with its frames
-        child = json.dumps({"variant": variant, "height": height, "width": width, "frames": args.frames,
-                            "steps": args.steps, "out": plain})
+        child = json.dumps(
+            {
+                "variant": variant,
+                "height": height,
+                "width": width,
+                "frames": args.frames,
+                "steps": args.steps,
+                "out": plain,
+            }
+        )
         done = subprocess.run([sys.executable, __file__, "--child", child], capture_output=True, text=True)
         if done.returncode:
             sys.exit(done.stderr)

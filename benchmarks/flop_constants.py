@@ -46,12 +46,19 @@ def sd15():
 
 
 def sdxl_config():
-    return dict(sample_size=128, down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
-                up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
-                block_out_channels=(320, 640, 1280), transformer_layers_per_block=(1, 2, 10),
-                attention_head_dim=(5, 10, 20), cross_attention_dim=2048, use_linear_projection=True,
-                addition_embed_type="text_time", addition_time_embed_dim=256,
-                projection_class_embeddings_input_dim=2816)
+    return dict(
+        sample_size=128,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
+        block_out_channels=(320, 640, 1280),
+        transformer_layers_per_block=(1, 2, 10),
+        attention_head_dim=(5, 10, 20),
+        cross_attention_dim=2048,
+        use_linear_projection=True,
+        addition_embed_type="text_time",
+        addition_time_embed_dim=256,
+        projection_class_embeddings_input_dim=2816,
+    )
 
 
 def sdxl():
@@ -59,8 +66,13 @@ def sdxl():
 
     with META:
         unet = UNet2DConditionModel(**sdxl_config())
-    return lambda frames, h, w: count(unet, t(frames, 4, h, w), t(frames), t(frames, 77, 2048),
-                                      added_cond_kwargs={"text_embeds": t(frames, 1280), "time_ids": t(frames, 6)})
+    return lambda frames, h, w: count(
+        unet,
+        t(frames, 4, h, w),
+        t(frames),
+        t(frames, 77, 2048),
+        added_cond_kwargs={"text_embeds": t(frames, 1280), "time_ids": t(frames, 6)},
+    )
 
 
 def sdxl_video():
@@ -69,9 +81,14 @@ def sdxl_video():
     with META:
         unet = SDXLVideoUNet(**sdxl_config())
     # with conditioning latents: every chunk after the first (and the first with an init image)
-    return lambda frames, h, w: count(unet, t(1, frames, 4, h, w), t(1), t(1, 77, 2048),
-                                      added_cond_kwargs={"text_embeds": t(1, 1280), "time_ids": t(1, 6)},
-                                      conditioning_latents=t(1, 4, 4, h, w))
+    return lambda frames, h, w: count(
+        unet,
+        t(1, frames, 4, h, w),
+        t(1),
+        t(1, 77, 2048),
+        added_cond_kwargs={"text_embeds": t(1, 1280), "time_ids": t(1, 6)},
+        conditioning_latents=t(1, 4, 4, h, w),
+    )
 
 
 def animatediff():
@@ -83,7 +100,7 @@ def animatediff():
     with META:
         adapter = MotionAdapter(motion_max_seq_length=32)
     # (module, resolution divisor): down blocks at 1, 2, 4, 8; the mid block at 8; up blocks back to 1
-    placed = [(m, 2 ** i) for i, block in enumerate(adapter.down_blocks) for m in block.motion_modules]
+    placed = [(m, 2**i) for i, block in enumerate(adapter.down_blocks) for m in block.motion_modules]
     placed += [(m, 8) for m in adapter.mid_block.motion_modules]
     placed += [(m, 2 ** (3 - i)) for i, block in enumerate(adapter.up_blocks) for m in block.motion_modules]
 
@@ -93,6 +110,7 @@ def animatediff():
             channels = module.proj_in.in_features
             total += count(module, t(frames, channels, h // divisor, w // divisor), num_frames=frames)
         return total
+
     return forward
 
 
@@ -102,9 +120,11 @@ def svd():
     with META:
         unet = UNetSpatioTemporalConditionModel()
     unet.to(META)  # its blending factors are made with torch.Tensor([...]), which ignores the default device
+
     def forward(frames, h, w):
         with META:
             return count(unet, t(1, frames, 8, h, w), t(1), t(1, 1, 1024), t(1, 3))
+
     return forward
 
 
@@ -124,31 +144,45 @@ def fit(forward, video: bool) -> tuple[float, float, float]:
 
 
 def main() -> None:
-    from raypipe.flops import COGVIDEOX_5B, dit_forward_flops
+    from raypipe.families.cogvideox.flops import COGVIDEOX_5B
+    from raypipe.flops import dit_forward_flops
 
     print("UNET_FLOPS = {")
-    for name, build, video in (("sd15", sd15, False), ("sdxl", sdxl, False), ("sdxl_video", sdxl_video, True),
-                               ("animatediff", animatediff, True), ("svd", svd, True)):
+    for name, build, video in (
+        ("sd15", sd15, False),
+        ("sdxl", sdxl, False),
+        ("sdxl_video", sdxl_video, True),
+        ("animatediff", animatediff, True),
+        ("svd", svd, True),
+    ):
         forward = build()
         a, b, tt = fit(forward, video)
         check = (24, 80, 80) if video else (1, 80, 80)
         frames, pixels = check[0], check[1] * check[2]
-        model = frames * (a * pixels + b * pixels ** 2) + tt * frames ** 2 * pixels
+        model = frames * (a * pixels + b * pixels**2) + tt * frames**2 * pixels
         counted = forward(*check)
-        print(f'    "{name}": UNetFlops(a={a:.6g}, b={b:.6g}, t={tt:.6g}),  # check at {check}: '
-              f'{model / counted - 1:+.2%}')
+        print(
+            f'    "{name}": UNetFlops(a={a:.6g}, b={b:.6g}, t={tt:.6g}),  # check at {check}: '
+            f"{model / counted - 1:+.2%}"
+        )
     print("}")
 
     from diffusers import CogVideoXTransformer3DModel
 
     with META:
-        transformer = CogVideoXTransformer3DModel(num_attention_heads=48, attention_head_dim=64, num_layers=42,
-                                                  sample_width=90, sample_height=60,
-                                                  use_rotary_positional_embeddings=True)
+        transformer = CogVideoXTransformer3DModel(
+            num_attention_heads=48,
+            attention_head_dim=64,
+            num_layers=42,
+            sample_width=90,
+            sample_height=60,
+            use_rotary_positional_embeddings=True,
+        )
     counted = count(transformer, t(1, 13, 16, 60, 90), t(1, 226, 4096), t(1))
     formula = dit_forward_flops(COGVIDEOX_5B, 49, 480, 720)
-    print(f"CogVideoX-5B, one 49x480x720 forward: formula {formula / 1e12:.1f} TFLOP, "
-          f"counted {counted / 1e12:.1f} TFLOP")
+    print(
+        f"CogVideoX-5B, one 49x480x720 forward: formula {formula / 1e12:.1f} TFLOP, counted {counted / 1e12:.1f} TFLOP"
+    )
 
 
 if __name__ == "__main__":

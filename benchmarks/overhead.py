@@ -35,9 +35,20 @@ sys.path.insert(0, str(REPO))
 
 
 def rows(n: int, frames: int, size: int, steps: int) -> list[dict]:
-    return [{"id": f"bench-{i:03d}", "kind": "cogvideox", "prompt": f"a paper boat on a river, take {i}",
-             "num_frames": frames, "height": size, "width": size, "num_inference_steps": steps,
-             "guidance_scale": 6.0, "fps": 8} for i in range(n)]
+    return [
+        {
+            "id": f"bench-{i:03d}",
+            "kind": "cogvideox",
+            "prompt": f"a paper boat on a river, take {i}",
+            "num_frames": frames,
+            "height": size,
+            "width": size,
+            "num_inference_steps": steps,
+            "guidance_scale": 6.0,
+            "fps": 8,
+        }
+        for i in range(n)
+    ]
 
 
 def loop(manifest: str, out: str, threads: int | None = None) -> None:
@@ -62,11 +73,17 @@ def loop(manifest: str, out: str, threads: int | None = None) -> None:
         for line in f:
             row = json.loads(line)
             started = time.perf_counter()
-            out_np = pipe(prompt=row["prompt"], num_frames=row["num_frames"], height=row["height"],
-                          width=row["width"], num_inference_steps=row["num_inference_steps"],
-                          guidance_scale=row["guidance_scale"],
-                          generator=torch.Generator("cpu").manual_seed(seed_from_id(row["id"])),
-                          output_type="np", max_sequence_length=pipe.transformer.config.max_text_seq_length)
+            out_np = pipe(
+                prompt=row["prompt"],
+                num_frames=row["num_frames"],
+                height=row["height"],
+                width=row["width"],
+                num_inference_steps=row["num_inference_steps"],
+                guidance_scale=row["guidance_scale"],
+                generator=torch.Generator("cpu").manual_seed(seed_from_id(row["id"])),
+                output_type="np",
+                max_sequence_length=pipe.transformer.config.max_text_seq_length,
+            )
             calls.append(time.perf_counter() - started)
             frames = (np.clip(out_np.frames[0], 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
             write_video(frames, row["fps"], f"{out}/videos/{row['id']}.mp4")
@@ -81,13 +98,23 @@ def side_by_side(manifest: Path, work: Path, env: dict[str, str]) -> None:
     for i, half in enumerate(halves):
         half.write_text("".join(lines[i::2]))
     started = time.perf_counter()
-    loops = [subprocess.Popen([sys.executable, __file__, "--loop", str(half), str(work / f"side-{i}"),
-                               "--threads", "1"], cwd=REPO, env=env, stdout=subprocess.PIPE,
-                              stderr=subprocess.DEVNULL, text=True) for i, half in enumerate(halves)]
+    loops = [
+        subprocess.Popen(
+            [sys.executable, __file__, "--loop", str(half), str(work / f"side-{i}"), "--threads", "1"],
+            cwd=REPO,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            text=True,
+        )
+        for i, half in enumerate(halves)
+    ]
     medians = [out.strip().splitlines()[-1] for out, _ in (p.communicate() for p in loops)]
     seconds = time.perf_counter() - started
-    print(f"side by side, one torch thread each: {seconds:6.1f} s  {len(lines) / seconds:.3f} videos/s "
-          f"({', '.join(medians)}; the one that ends first leaves the other alone)")
+    print(
+        f"side by side, one torch thread each: {seconds:6.1f} s  {len(lines) / seconds:.3f} videos/s "
+        f"({', '.join(medians)}; the one that ends first leaves the other alone)"
+    )
 
 
 def timed(command: list[str], env: dict[str, str]) -> tuple[float, str]:
@@ -108,8 +135,11 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--pool-size", type=int, default=2)
     parser.add_argument("--batch-size", type=int, default=2)
-    parser.add_argument("--side-by-side", action="store_true",
-                        help="also time two single-threaded loops running at once (the pool's share of the cores)")
+    parser.add_argument(
+        "--side-by-side",
+        action="store_true",
+        help="also time two single-threaded loops running at once (the pool's share of the cores)",
+    )
     parser.add_argument("--loop", nargs=2, metavar=("MANIFEST", "OUT"), help=argparse.SUPPRESS)
     parser.add_argument("--threads", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -128,18 +158,28 @@ def main() -> None:
     manifest = work / "bench.jsonl"
     manifest.write_text("".join(json.dumps(r) + "\n" for r in rows(args.rows, args.frames, args.size, args.steps)))
     config = work / "config.yaml"
-    config.write_text(f"kinds:\n  cogvideox:\n    pool_size: {args.pool_size}\n    num_cpus: {1.0 / args.pool_size}\n"
-                      f"    batch_size: {args.batch_size}\n")
-    print(f"{args.rows} videos of {args.frames}x{args.size}x{args.size}, {args.steps} steps with CFG, tiny CogVideoX; "
-          f"raypipe: {args.pool_size} actors, batch_size {args.batch_size}; {os.cpu_count()} cores; "
-          f"load average before: {os.getloadavg()[0]:.2f}", flush=True)
+    config.write_text(
+        f"kinds:\n  cogvideox:\n    pool_size: {args.pool_size}\n    num_cpus: {1.0 / args.pool_size}\n"
+        f"    batch_size: {args.batch_size}\n"
+    )
+    print(
+        f"{args.rows} videos of {args.frames}x{args.size}x{args.size}, {args.steps} steps with CFG, tiny CogVideoX; "
+        f"raypipe: {args.pool_size} actors, batch_size {args.batch_size}; {os.cpu_count()} cores; "
+        f"load average before: {os.getloadavg()[0]:.2f}",
+        flush=True,
+    )
 
     loop_seconds, loop_out = timed([sys.executable, __file__, "--loop", str(manifest), str(work / "loop")], env)
-    print(f"loop:    {loop_seconds:6.1f} s  {args.rows / loop_seconds:.3f} videos/s  "
-          f"({loop_out.strip().splitlines()[-1]}, torch's default threads)", flush=True)
+    print(
+        f"loop:    {loop_seconds:6.1f} s  {args.rows / loop_seconds:.3f} videos/s  "
+        f"({loop_out.strip().splitlines()[-1]}, torch's default threads)",
+        flush=True,
+    )
     raypipe = str(Path(sys.executable).with_name("raypipe"))
-    ray_seconds, _ = timed([raypipe, "run", str(manifest), "--out", str(work / "raypipe"), "--config", str(config),
-                              "--address", "local"], env)
+    ray_seconds, _ = timed(
+        [raypipe, "run", str(manifest), "--out", str(work / "raypipe"), "--config", str(config), "--address", "local"],
+        env,
+    )
     print(f"raypipe: {ray_seconds:6.1f} s  {args.rows / ray_seconds:.3f} videos/s", flush=True)
     if args.side_by_side:
         side_by_side(manifest, work, env)

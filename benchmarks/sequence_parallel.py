@@ -30,13 +30,23 @@ def build_model(path: Path, heads: int, head_dim: int, layers: int) -> Path:
         return path
     from diffusers import CogVideoXPipeline, CogVideoXTransformer3DModel
 
-    from raypipe.models.tiny import tiny_cogvideox_components
+    from raypipe.families.cogvideox.tiny import tiny_cogvideox_components
 
     components = tiny_cogvideox_components()
     components["transformer"] = CogVideoXTransformer3DModel(
-        num_attention_heads=heads, attention_head_dim=head_dim, in_channels=4, out_channels=4,
-        time_embed_dim=64, text_embed_dim=32, num_layers=layers, sample_width=32, sample_height=32,
-        sample_frames=49, patch_size=2, temporal_compression_ratio=4, max_text_seq_length=32,
+        num_attention_heads=heads,
+        attention_head_dim=head_dim,
+        in_channels=4,
+        out_channels=4,
+        time_embed_dim=64,
+        text_embed_dim=32,
+        num_layers=layers,
+        sample_width=32,
+        sample_height=32,
+        sample_frames=49,
+        patch_size=2,
+        temporal_compression_ratio=4,
+        max_text_seq_length=32,
     )
     CogVideoXPipeline(**components).save_pretrained(path)
     return path
@@ -58,30 +68,51 @@ def main(argv: list[str] | None = None) -> int:
     import ray
 
     from raypipe.config import KindConfig
+    from raypipe.families.cogvideox.stage import CogVideoXStage
     from raypipe.parallel.gang import Gang
     from raypipe.schema import validate_row
-    from raypipe.stages.cogvideox import CogVideoXStage
 
     cache = Path(os.environ.get("RAYPIPE_CACHE", Path.home() / ".cache" / "raypipe"))
-    model = build_model(cache / "bench" / f"cogvideox-h{args.heads}x{args.head_dim}-l{args.layers}",
-                        args.heads, args.head_dim, args.layers)
+    model = build_model(
+        cache / "bench" / f"cogvideox-h{args.heads}x{args.head_dim}-l{args.layers}",
+        args.heads,
+        args.head_dim,
+        args.layers,
+    )
     ray.init(num_cpus=args.cpus, include_dashboard=False, logging_level="WARNING")
     tokens = ((args.frames - 1) // 4 + 1) * (args.size // 16) ** 2
-    print(f"model: {args.heads} heads x {args.head_dim}, {args.layers} layers; video {args.frames} frames "
-          f"{args.size}x{args.size} = {tokens} video tokens (+32 text), {args.steps} steps, CFG (batch 2); "
-          f"Ray with {args.cpus} CPUs", flush=True)
+    print(
+        f"model: {args.heads} heads x {args.head_dim}, {args.layers} layers; video {args.frames} frames "
+        f"{args.size}x{args.size} = {tokens} video tokens (+32 text), {args.steps} steps, CFG (batch 2); "
+        f"Ray with {args.cpus} CPUs",
+        flush=True,
+    )
 
     runs = [("SP1: 1 rank x 1 thread", 1, 1), ("SP1: 1 rank x 2 threads", 1, 2), ("SP2: 2 ranks x 1 thread", 2, 1)]
     frames_sp1 = None
-    lines = ["| configuration | row s (wall) | denoise s per rank: wall (CPU) | "
-             "peak RSS MiB per rank: denoise (whole row) | RSS before the row MiB per rank | max frame diff vs SP1 |",
-             "|---|---|---|---|---|---|"]
+    lines = [
+        "| configuration | row s (wall) | denoise s per rank: wall (CPU) | "
+        "peak RSS MiB per rank: denoise (whole row) | RSS before the row MiB per rank | max frame diff vs SP1 |",
+        "|---|---|---|---|---|---|",
+    ]
     for label, degree, threads in runs:
-        config = KindConfig(model=str(model), sp={"backend": "ulysses", "rank_num_cpus": threads,
-                                                  "row_timeout_s": 3600, "retries": 0})
-        row = validate_row({"id": "bench", "kind": "cogvideox", "prompt": "a red kite over a beach", "seed": 1,
-                            "num_frames": args.frames, "height": args.size, "width": args.size,
-                            "num_inference_steps": args.steps, "guidance_scale": 6.0, "sp_degree": degree})
+        config = KindConfig(
+            model=str(model), sp={"backend": "ulysses", "rank_num_cpus": threads, "row_timeout_s": 3600, "retries": 0}
+        )
+        row = validate_row(
+            {
+                "id": "bench",
+                "kind": "cogvideox",
+                "prompt": "a red kite over a beach",
+                "seed": 1,
+                "num_frames": args.frames,
+                "height": args.size,
+                "width": args.size,
+                "num_inference_steps": args.steps,
+                "guidance_scale": 6.0,
+                "sp_degree": degree,
+            }
+        )
         gang = Gang(CogVideoXStage, config, degree)
         t0 = time.perf_counter()
         gang.start()
@@ -98,7 +129,8 @@ def main(argv: list[str] | None = None) -> int:
         if frames_sp1 is None:
             frames_sp1 = video.frames
         diff = int(np.abs(video.frames.astype(int) - frames_sp1.astype(int)).max())
-        def per_rank(key: str, fmt: str = "{:.0f}") -> list[str]:
+
+        def per_rank(key: str, fmt: str = "{:.0f}", stats=stats, last=last) -> list[str]:
             return [fmt.format(statistics.median(s[r][key] for s in stats)) for r in range(len(last))]
 
         def pairs(first: list[str], second: list[str]) -> str:
@@ -106,8 +138,10 @@ def main(argv: list[str] | None = None) -> int:
 
         seconds = pairs(per_rank("denoise_seconds", "{:.1f}"), per_rank("denoise_cpu_seconds", "{:.1f}"))
         peaks = pairs(per_rank("denoise_peak_rss_mb"), per_rank("peak_rss_mb"))
-        lines.append(f"| {label} | {statistics.median(walls):.1f} | {seconds} | {peaks} | "
-                     f"{' / '.join(per_rank('rss_before_mb'))} | {diff} |")
+        lines.append(
+            f"| {label} | {statistics.median(walls):.1f} | {seconds} | {peaks} | "
+            f"{' / '.join(per_rank('rss_before_mb'))} | {diff} |"
+        )
         print(f"{label}: gang started in {started:.1f}s, row {statistics.median(walls):.1f}s", flush=True)
     ray.shutdown()
     print()

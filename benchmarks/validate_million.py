@@ -59,8 +59,11 @@ def main() -> None:
     args = parser.parse_args()
     manifest = the_manifest(args.rows, args.keep)
     folder = manifest.parent
-    print(f"manifest: {manifest} ({args.rows} rows, {manifest.stat().st_size / 1e6:.0f} MB); "
-          f"load average before: {os.getloadavg()[0]:.2f}", flush=True)
+    print(
+        f"manifest: {manifest} ({args.rows} rows, {manifest.stat().st_size / 1e6:.0f} MB); "
+        f"load average before: {os.getloadavg()[0]:.2f}",
+        flush=True,
+    )
     raypipe = Path(sys.executable).with_name("raypipe")
     command = [str(raypipe), "validate", str(manifest), "--address", "local"]
     # Output to files, not pipes: nobody reads a pipe while it runs, and a full one would block it.
@@ -77,8 +80,10 @@ def main() -> None:
         out, err = out_file.read(), err_file.read()
     summary = [line for line in err.splitlines() if line.startswith("raypipe:")]
     print(summary[-1] if summary else err[-2000:])
-    print(f"rejected rows printed: {len(out.splitlines())}; exit code {process.returncode}; "
-          f"load average after: {os.getloadavg()[0]:.2f}")
+    print(
+        f"rejected rows printed: {len(out.splitlines())}; exit code {process.returncode}; "
+        f"load average after: {os.getloadavg()[0]:.2f}"
+    )
     print(f"seconds={seconds:.1f} driver_peak_mb={peak / 1024:.0f} rows_per_s={args.rows / seconds:,.0f}")
 
 

@@ -7,7 +7,7 @@ Prints, on the manifest benchmarks/validate_million.py writes:
 - the sequential read (raypipe.manifest.read_batches) on one core, alone;
 - one reader batch to an Arrow block: Ray Data's conversion of a dict of lists against the
   typed table raypipe's read task yields;
-- validating a row (raypipe.run._validate_batch, as the validating tasks run it);
+- validating a row (raypipe.pipeline.batches.validate_batch, as the validating tasks run it);
 - a whole validation in this process, in phases (ray.init, Ray Data execution, shutdown), with
   and without a job-level runtime_env carrying one environment variable (what raypipe used to
   pass workers when it started Ray itself).
@@ -43,8 +43,10 @@ def phases(manifest: str, runtime_env: dict | None) -> str:
     executed = time.perf_counter()
     ray.shutdown()
     done = time.perf_counter()
-    return (f"ray.init {ready - started:.1f} s, execution {executed - ready:.1f} s, shutdown {done - executed:.1f} s "
-            f"({total} rows, {len(rejected)} rejected)")
+    return (
+        f"ray.init {ready - started:.1f} s, execution {executed - ready:.1f} s, shutdown {done - executed:.1f} s "
+        f"({total} rows, {len(rejected)} rejected)"
+    )
 
 
 def main() -> None:
@@ -60,11 +62,14 @@ def main() -> None:
 
     from raypipe.config import load_config
     from raypipe.manifest import RECORD_TYPES, read_batches
-    from raypipe.run import READ_BATCH_ROWS, _rejected_and_tally, _validate_batch
+    from raypipe.pipeline.batches import rejected_and_tally, validate_batch
+    from raypipe.pipeline.records import READ_BATCH_ROWS
 
     lines = manifest.read_text().splitlines()[:200_000]
-    print(f"JSON a line: json.loads {per_item_us(json.loads, lines):.2f} us, "
-          f"pydantic_core.from_json {per_item_us(from_json, lines):.2f} us")
+    print(
+        f"JSON a line: json.loads {per_item_us(json.loads, lines):.2f} us, "
+        f"pydantic_core.from_json {per_item_us(from_json, lines):.2f} us"
+    )
 
     started = time.perf_counter()
     batches = []
@@ -90,12 +95,11 @@ def main() -> None:
     kinds = {kind: kc.model_dump() for kind, kc in config.kinds.items()}
     started = time.perf_counter()
     for batch in batches:
-        _validate_batch(batch, defaults, kinds, keep_rows=False, then=_rejected_and_tally)
+        validate_batch(batch, defaults, kinds, keep_rows=False, then=rejected_and_tally)
     print(f"validation: {(time.perf_counter() - started) / rows * 1e6:.2f} us a row")
 
     print(f"in-process, no runtime_env:        {phases(str(manifest), None)}")
-    print(f"in-process, a job-level runtime_env: "
-          f"{phases(str(manifest), {'env_vars': {'RAYPIPE_BENCH': '1'}})}")
+    print(f"in-process, a job-level runtime_env: {phases(str(manifest), {'env_vars': {'RAYPIPE_BENCH': '1'}})}")
 
 
 if __name__ == "__main__":

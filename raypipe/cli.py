@@ -25,13 +25,21 @@ def _parser() -> argparse.ArgumentParser:
     p = sub.add_parser("run", help="generate every row of the manifests")
     p.add_argument("manifests", nargs="+", metavar="MANIFEST", help="JSONL, CSV or Parquet; any fsspec URI")
     p.add_argument("--out", required=True, help="output URI (local folder, s3://bucket/prefix, ...)")
-    p.add_argument("--config", action="append",
-                   help="run config YAML (default: tiny models on CPU); repeated, merged in order")
+    p.add_argument(
+        "--config", action="append", help="run config YAML (default: tiny models on CPU); repeated, merged in order"
+    )
     p.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS, else a local Ray)")
-    p.add_argument("--metrics-port", type=int, metavar="PORT",
-                   help="serve the run's live raypipe_* metrics for Prometheus on this port")
-    p.add_argument("--pushgateway", metavar="URL",
-                   help="push the run's final metrics to this Prometheus Pushgateway (also in OUT/metrics.prom)")
+    p.add_argument(
+        "--metrics-port",
+        type=int,
+        metavar="PORT",
+        help="serve the run's live raypipe_* metrics for Prometheus on this port",
+    )
+    p.add_argument(
+        "--pushgateway",
+        metavar="URL",
+        help="push the run's final metrics to this Prometheus Pushgateway (also in OUT/metrics.prom)",
+    )
 
     p = sub.add_parser("validate", help="check every row; print each rejected row and why")
     p.add_argument("manifests", nargs="+", metavar="MANIFEST")
@@ -85,8 +93,7 @@ def cmd_run(args) -> int:
     with metrics:
         run.init_ray(args.address)
         summary = run.run(uris, args.out, config, metrics=metrics)
-    print(f"raypipe: outputs in {args.out} (videos/, metadata/); "
-          f"a gallery of the run: raypipe report {args.out}")
+    print(f"raypipe: outputs in {args.out} (videos/, metadata/); a gallery of the run: raypipe report {args.out}")
     return summary.exit_code
 
 
@@ -131,7 +138,7 @@ def cmd_report(args) -> int:
 def cmd_schedule(args) -> int:
     import json
 
-    from raypipe.deforum.schedule import ScheduleError, evaluate, plot
+    from raypipe.families.deforum.schedule import ScheduleError, evaluate, plot
 
     try:
         values = evaluate(args.schedule, args.frames, args.seed)
@@ -152,8 +159,14 @@ def cmd_models(args) -> int:
     return EXIT_OK
 
 
-COMMANDS = {"run": cmd_run, "validate": cmd_validate, "plan": cmd_plan, "report": cmd_report, "models": cmd_models,
-            "schedule": cmd_schedule}
+COMMANDS = {
+    "run": cmd_run,
+    "validate": cmd_validate,
+    "plan": cmd_plan,
+    "report": cmd_report,
+    "models": cmd_models,
+    "schedule": cmd_schedule,
+}
 
 
 def main(argv: list[str] | None = None) -> int:

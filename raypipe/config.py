@@ -1,7 +1,8 @@
 """The run config: which model serves each kind, on what device, with how many actors.
 
-The built-in default points every kind at its `tiny:` random-weight model on CPU, so a
-fresh machine runs the demo with no model hub. A YAML file (`--config`) is merged on top:
+The built-in default points every kind at its `tiny:` random-weight model on CPU (each
+family's package holds its part, raypipe/families/<kind>/__init__.py), so a fresh machine
+runs the demo with no model hub. A YAML file (`--config`) is merged on top:
 each kind's keys replace the default's keys one by one. See configs/ for examples.
 """
 
@@ -101,64 +102,22 @@ class RunConfig(BaseModel):
 
 
 # Every kind's pool in the built-in config: one actor of one CPU, one row a call, float32 on CPU.
-ON_CPU: dict[str, Any] = {"dtype": "float32", "device": "cpu", "pool_size": 1, "num_gpus": 0, "num_cpus": 1,
-                          "batch_size": 1}
-
-DEFAULT_CONFIG: dict[str, Any] = {
-    "kinds": {
-        "cogvideox": {
-            "model": "tiny:cogvideox",
-            "models": {"i2v": "tiny:cogvideox-i2v"},
-            **ON_CPU,
-            "defaults": {"num_frames": 9, "height": 64, "width": 64, "num_inference_steps": 4,
-                         "guidance_scale": 6.0, "fps": 8},
-            # sp_degree rows: small CPU shares per rank, so a 2-rank gang, the pool actor and the
-            # CPU stages fit on a 2-core laptop
-            "sp": {"rank_num_cpus": 0.25},
-        },
-        "exvideo": {
-            # base cogvideox: `model` + the ExVideo LoRA; base svd: `models.svd` + the ExVideo-SVD weights
-            "model": "tiny:cogvideox",
-            "models": {"lora": "tiny:exvideo-lora/ExVideo-CogVideoX-LoRA-129f-v1.safetensors",
-                       "svd": "tiny:svd", "svd_extension": "tiny:svd/model.fp16.safetensors"},
-            **ON_CPU,
-            "defaults": {"num_frames": 17, "height": 64, "width": 64, "num_inference_steps": 2,
-                         "guidance_scale": 3.0, "fps": 8},
-            "sp": {"rank_num_cpus": 0.25},
-        },
-        "sdxl_video": {
-            "model": "tiny:sdxl_video",
-            **ON_CPU,
-            "defaults": {"num_frames": 4, "num_repeats": 2, "num_conditioning_frames": 2,
-                         "conditioning_strength": 1.0, "height": 64, "width": 64, "num_inference_steps": 2,
-                         "guidance_scale": 5.0, "fps": 8},
-            # Frames the VAE decodes at once (memory per decode, not per video).
-            "options": {"decode_chunk_size": 8},
-        },
-        "deforum": {
-            # Stable Diffusion 1.5 (txt2img + img2img); the depth model animates 3D rows.
-            "model": "tiny:sd15",
-            "models": {"depth": "tiny:depth"},
-            **ON_CPU,
-            # Below a row's Deforum settings (file, then `deforum` object), which win.
-            "defaults": {"num_frames": 8, "height": 64, "width": 64, "num_inference_steps": 4, "fps": 8},
-        },
-        "animatediff": {
-            # `model` is the Stable Diffusion 1.5 base that the motion adapter animates.
-            "model": "tiny:sd15",
-            "models": {"motion_adapter": "tiny:animatediff-motion-adapter",
-                       "controlnet_canny": "tiny:animatediff-controlnet",
-                       "controlnet_depth": "tiny:animatediff-controlnet",
-                       "depth_estimator": "tiny:depth"},
-            **ON_CPU,
-            # motion_window: the motion adapter's window (motion_max_seq_length), so that validation
-            # rejects longer clips without free_noise; keep it equal to the adapter's.
-            "defaults": {"num_frames": 16, "height": 64, "width": 64, "num_inference_steps": 4,
-                         "guidance_scale": 7.5, "fps": 8, "motion_window": 16},
-            "options": {"scheduler": "ddim"},
-        },
-    },
+# Each family's built-in config (its tiny models, row defaults, options) is in its package.
+ON_CPU: dict[str, Any] = {
+    "dtype": "float32",
+    "device": "cpu",
+    "pool_size": 1,
+    "num_gpus": 0,
+    "num_cpus": 1,
+    "batch_size": 1,
 }
+
+
+def default_config() -> dict[str, Any]:
+    """The built-in config: every registered family on its tiny models on CPU."""
+    from raypipe.families import families
+
+    return {"kinds": {f.kind: copy.deepcopy(f.config) for f in families()}}
 
 
 class ConfigError(ValueError):
@@ -181,7 +140,7 @@ def load_config(uri: str | list[str] | None = None) -> RunConfig:
     """The default, with each file merged over it in order (`--config A --config B`: B's keys win;
     e.g. configs/gpu.yaml, then configs/kuberay.yaml placing each kind on its worker group)."""
     uris = [uri] if isinstance(uri, str) else [u for u in (uri or []) if u]
-    data = DEFAULT_CONFIG
+    data = default_config()
     for one in uris:
         try:
             with fsspec.open(one, "r") as f:

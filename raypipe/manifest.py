@@ -31,8 +31,14 @@ class ManifestError(ValueError):
 
 def manifest_format(uri: str) -> str:
     name = uri.lower().split("?")[0]
-    for suffix, fmt in ((".jsonl", "jsonl"), (".ndjson", "jsonl"), (".json", "jsonl"),
-                        (".csv", "csv"), (".parquet", "parquet"), (".pq", "parquet")):
+    for suffix, fmt in (
+        (".jsonl", "jsonl"),
+        (".ndjson", "jsonl"),
+        (".json", "jsonl"),
+        (".csv", "csv"),
+        (".parquet", "parquet"),
+        (".pq", "parquet"),
+    ):
         if name.endswith(suffix):
             return fmt
     raise ManifestError(f"{uri}: unknown manifest format (use .jsonl, .csv or .parquet)")
@@ -100,13 +106,21 @@ def _objects(uri: str) -> Iterator[tuple[int, Any, str, str | None]]:
             yield number, {k: v for k, v in row.items() if v is not None}, "", None
 
 
-RECORD_TYPES = {"id": pa.string(), "source": pa.string(), "line": pa.int64(), "kind": pa.string(),
-                "route": pa.string(), "raw_json": pa.string(), "error": pa.string()}
+RECORD_TYPES = {
+    "id": pa.string(),
+    "source": pa.string(),
+    "line": pa.int64(),
+    "kind": pa.string(),
+    "route": pa.string(),
+    "raw_json": pa.string(),
+    "error": pa.string(),
+}
 RECORD_COLUMNS = tuple(RECORD_TYPES)
 
 
-def read_batches(uris: list[str], done_ids: set[str] | frozenset[str] = frozenset(),
-                 size: int = 16384) -> Iterator[dict[str, list]]:
+def read_batches(
+    uris: list[str], done_ids: set[str] | frozenset[str] = frozenset(), size: int = 16384
+) -> Iterator[dict[str, list]]:
     """Every manifest row as one record, in manifest order, in column batches of `size` records
     (RECORD_COLUMNS; the form a Ray Data generator UDF yields). Built column by column, with no
     dict per row: this loop is the one sequential part of a run.

@@ -41,8 +41,6 @@ from typing import Any
 
 log = logging.getLogger("raypipe")
 
-# The key under which timings travel with a row's metadata from the workers to the driver.
-TIMINGS_KEY = "_metrics"
 STATUSES = ("ok", "failed", "rejected")
 METRICS_FILE = "metrics.prom"
 PUSHGATEWAY_JOB = "raypipe"
@@ -55,34 +53,57 @@ LOAD_BUCKETS = (0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1200)
 # name: (type, help, labels, buckets) - the one list both producers, the dashboard and the
 # tests read. Ray's Counter gets the name without `_total` (its exporter appends it).
 METRICS: dict[str, tuple[str, str, tuple[str, ...], tuple[float, ...] | None]] = {
-    "raypipe_videos_total": ("counter", "Rows that reached a final state, by kind and status (ok, failed, rejected).",
-                             ("kind", "status"), None),
-    "raypipe_generation_seconds": ("histogram", "Model time of each ok video (the metadata's gen_seconds).",
-                                   ("kind",), GENERATION_BUCKETS),
+    "raypipe_videos_total": (
+        "counter",
+        "Rows that reached a final state, by kind and status (ok, failed, rejected).",
+        ("kind", "status"),
+        None,
+    ),
+    "raypipe_generation_seconds": (
+        "histogram",
+        "Model time of each ok video (the metadata's gen_seconds).",
+        ("kind",),
+        GENERATION_BUCKETS,
+    ),
     "raypipe_encode_seconds": ("histogram", "H.264 encoding time of each ok video.", ("kind",), IO_BUCKETS),
-    "raypipe_upload_seconds": ("histogram", "Time to commit each MP4 to the output URI (rename or PUT).",
-                               ("kind",), IO_BUCKETS),
+    "raypipe_upload_seconds": (
+        "histogram",
+        "Time to commit each MP4 to the output URI (rename or PUT).",
+        ("kind",),
+        IO_BUCKETS,
+    ),
     "raypipe_output_bytes_total": ("counter", "Bytes of the MP4s written.", ("kind",), None),
-    "raypipe_model_load_seconds": ("histogram", "Time to load a kind's model, once per pool actor.",
-                                   ("kind",), LOAD_BUCKETS),
-    "raypipe_rows_in_flight": ("gauge", "Rows routed to a kind's pool that have not reached a final state.",
-                               ("kind",), None),
-    "raypipe_rows_skipped_total": ("counter", "Rows skipped because they are ok in the output already (resume).",
-                                   (), None),
-    "raypipe_run_duration_seconds": ("gauge", "Seconds since the run started; at the end, the run's length.",
-                                     (), None),
+    "raypipe_model_load_seconds": (
+        "histogram",
+        "Time to load a kind's model, once per pool actor.",
+        ("kind",),
+        LOAD_BUCKETS,
+    ),
+    "raypipe_rows_in_flight": (
+        "gauge",
+        "Rows routed to a kind's pool that have not reached a final state.",
+        ("kind",),
+        None,
+    ),
+    "raypipe_rows_skipped_total": (
+        "counter",
+        "Rows skipped because they are ok in the output already (resume).",
+        (),
+        None,
+    ),
+    "raypipe_run_duration_seconds": ("gauge", "Seconds since the run started; at the end, the run's length.", (), None),
 }
 
 
 def kind_label(kind: Any) -> str:
-    from raypipe.schema import KNOWN_KINDS
+    from raypipe.schema import known_kinds
 
-    return kind if kind in KNOWN_KINDS else "unknown"
+    return kind if kind in known_kinds() else "unknown"
 
 
-def add_timings(meta: dict[str, Any], **seconds: float) -> None:
-    """Attach timings to a row's metadata for the driver's metrics (see TIMINGS_KEY)."""
-    meta.setdefault(TIMINGS_KEY, {}).update(seconds)
+def add_timings(meta, **seconds: float) -> None:
+    """Attach timings to a row's metadata record for the driver's metrics (Metadata.timings)."""
+    meta.timings.update(seconds)
 
 
 # ---- inside actors and tasks: ray.util.metrics, served by Ray's exporter ---------------------
@@ -142,7 +163,7 @@ class StageMeter:
     def started(self, rows: int) -> None:
         _ray_record("raypipe_rows_in_flight", "set", rows, kind=self.kind)
 
-    def done(self, metas: list[dict[str, Any]]) -> None:
+    def done(self, metas: list) -> None:
         """After a batch: count its rows, time its ok ones (metas are modified in place)."""
         for meta in metas:
             _ray_record("raypipe_videos_total", "inc", 1, kind=self.kind, status=meta["status"])
@@ -154,7 +175,7 @@ class StageMeter:
         _ray_record("raypipe_rows_in_flight", "set", 0, kind=self.kind)
 
 
-def video_written(meta: dict[str, Any], written: Any) -> None:
+def video_written(meta, written: Any) -> None:
     """In the MP4 writer task, after a row's video is committed (written: video.WrittenVideo)."""
     kind = kind_label(meta.get("kind"))
     add_timings(meta, encode_seconds=written.encode_seconds, upload_seconds=written.upload_seconds)
@@ -213,10 +234,10 @@ class RunMetrics:
             for status in STATUSES:  # explicit zeros: "0 failed" rather than no series
                 self.m["raypipe_videos_total"].labels(kind, status)
 
-    def observe(self, meta: dict[str, Any]) -> None:
-        """One final metadata row (its timings are taken off it)."""
-        timings = meta.pop(TIMINGS_KEY, None) or {}
-        kind, status = kind_label(meta.get("kind")), meta["status"]
+    def observe(self, meta) -> None:
+        """One final metadata record (raypipe.metadata.Metadata, its timings included)."""
+        timings = meta.timings
+        kind, status = kind_label(meta.kind), meta.status
         self.m["raypipe_videos_total"].labels(kind, status).inc()
         if status != "rejected":  # it came out of the kind's pool
             self.m["raypipe_rows_in_flight"].labels(kind).dec()
@@ -247,11 +268,15 @@ class RunMetrics:
         if self.pushgateway:
             try:
                 # One group per output: a re-run of the same --out replaces its values.
-                push_to_gateway(self.pushgateway, job=PUSHGATEWAY_JOB, registry=self.registry,
-                                grouping_key={"out": out}, timeout=30)
+                push_to_gateway(
+                    self.pushgateway, job=PUSHGATEWAY_JOB, registry=self.registry, grouping_key={"out": out}, timeout=30
+                )
             except Exception as err:  # noqa: BLE001 - the videos are done; metrics are not worth a failure
-                print(f"raypipe: warning: pushing metrics to {self.pushgateway} failed: {err}",
-                      file=sys.stderr, flush=True)
+                print(
+                    f"raypipe: warning: pushing metrics to {self.pushgateway} failed: {err}",
+                    file=sys.stderr,
+                    flush=True,
+                )
 
     def close(self) -> None:
         if self._server is not None:

@@ -17,8 +17,7 @@ import numpy as np
 
 from raypipe.config import KindConfig, RunConfig
 from raypipe.flops import gpu_seconds, row_flops
-from raypipe.run import validated_dataset
-from raypipe.schema import row_from_json
+from raypipe.pipeline.graph import validated_dataset
 
 PRICE_COLUMNS = ("kind", "rows", "flops", "unpriced", "sp_rows", "max_sp_degree")
 
@@ -27,13 +26,12 @@ def _price_batch(batch: dict[str, np.ndarray], kinds: dict[str, dict[str, Any]])
     """Per route in this batch: rows, their FLOPs, rows without a FLOP model, sequence-parallel rows."""
     configs: dict[str, KindConfig] = {}
     sums: dict[str, list] = {}
-    for route, row_json in zip(batch["route"], batch["row_json"]):
+    for route, row in zip(batch["route"], batch["rows"]):
         route = str(route)
         entry = sums.setdefault(route, [0, 0.0, 0, 0, 1])
         entry[0] += 1
         if route in kinds:
             kc = configs.get(route) or configs.setdefault(route, KindConfig.model_validate(kinds[route]))
-            row = row_from_json(row_json)
             flops = row_flops(row, kc)
             if flops is None:
                 entry[2] += 1
@@ -85,26 +83,52 @@ class Plan:
         return json.dumps(data, indent=2)
 
     def table(self) -> str:
-        header = ("kind", "rows", "model", "pool actors", "GPUs/actor", "GPUs", "TFLOP", "GPU-hours",
-                  "wall h (max pool)")
+        header = (
+            "kind",
+            "rows",
+            "model",
+            "pool actors",
+            "GPUs/actor",
+            "GPUs",
+            "TFLOP",
+            "GPU-hours",
+            "wall h (max pool)",
+        )
         lines = [header]
         for k in self.kinds:
             hours = "n/a" if k.gpu_seconds is None else f"{k.gpu_seconds / 3600:.3g}"
             wall = "n/a" if k.wall_seconds_at_max_pool is None else f"{k.wall_seconds_at_max_pool / 3600:.3g}"
-            lines.append((k.kind, str(k.rows), k.model, k.pool_actors, f"{k.gpus_per_actor:g}", k.gpus,
-                          f"{k.tflop:,.0f}", hours, wall))
+            lines.append(
+                (
+                    k.kind,
+                    str(k.rows),
+                    k.model,
+                    k.pool_actors,
+                    f"{k.gpus_per_actor:g}",
+                    k.gpus,
+                    f"{k.tflop:,.0f}",
+                    hours,
+                    wall,
+                )
+            )
         widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
         text = ["  ".join(cell.ljust(w) for cell, w in zip(line, widths)).rstrip() for line in lines]
-        text.append(f"{self.rows} rows: {self.rows - self.rejected} to generate, {self.rejected} rejected; "
-                    f"{self.gpu_seconds / 3600:.3g} GPU-hours in all")
+        text.append(
+            f"{self.rows} rows: {self.rows - self.rejected} to generate, {self.rejected} rejected; "
+            f"{self.gpu_seconds / 3600:.3g} GPU-hours in all"
+        )
         for k in self.kinds:
             if k.unpriced_rows:
                 text.append(f"{k.kind}: {k.unpriced_rows} rows have no FLOP model (raypipe/flops.py); not priced")
             if k.sp_rows:
-                text.append(f"{k.kind}: {k.sp_rows} rows run sequence parallel; the largest gang holds "
-                            f"{k.sp_gang_gpus:g} GPUs besides the pool")
-        text.append(f"assumes {self.gpu}: {self.peak_tflops:g} TFLOP/s peak x MFU {self.mfu:g} = "
-                    f"{self.peak_tflops * self.mfu:g} TFLOP/s per GPU (config `plan`); FLOPs per row: raypipe/flops.py")
+                text.append(
+                    f"{k.kind}: {k.sp_rows} rows run sequence parallel; the largest gang holds "
+                    f"{k.sp_gang_gpus:g} GPUs besides the pool"
+                )
+        text.append(
+            f"assumes {self.gpu}: {self.peak_tflops:g} TFLOP/s peak x MFU {self.mfu:g} = "
+            f"{self.peak_tflops * self.mfu:g} TFLOP/s per GPU (config `plan`); FLOPs per row: raypipe/flops.py"
+        )
         return "\n".join(text)
 
 
@@ -121,8 +145,13 @@ def make_plan(uris: list[str], config: RunConfig) -> Plan:
             entry[3] += int(sp_rows)
             entry[4] = max(entry[4], int(degree))
     p = config.plan
-    plan = Plan(rows=sum(v[0] for v in sums.values()), rejected=sums.get("rejected", [0])[0],
-                gpu=p.gpu, peak_tflops=p.peak_tflops, mfu=p.mfu)
+    plan = Plan(
+        rows=sum(v[0] for v in sums.values()),
+        rejected=sums.get("rejected", [0])[0],
+        gpu=p.gpu,
+        peak_tflops=p.peak_tflops,
+        mfu=p.mfu,
+    )
     for kind in sorted(k for k in sums if k in config.kinds):
         rows, flops, unpriced, sp_rows, degree = sums[kind]
         kc = config.kinds[kind]
@@ -133,10 +162,20 @@ def make_plan(uris: list[str], config: RunConfig) -> Plan:
         wall = None if seconds is None or gpus_high == 0 else seconds / gpus_high
         rank_gpus = kc.sp.rank_num_gpus if kc.sp.rank_num_gpus is not None else kc.num_gpus
         gang = degree * rank_gpus * (2 if kc.sp.cfg_parallel else 1) if sp_rows else 0.0
-        plan.kinds.append(KindPlan(
-            kind=kind, rows=rows, model=kc.model, pool_actors=f"{low}-{high}" if high > low else str(low),
-            gpus_per_actor=kc.num_gpus,
-            gpus=f"{low * kc.num_gpus:g}-{gpus_high:g}" if high > low else f"{gpus_high:g}",
-            tflop=flops / 1e12, gpu_seconds=seconds, unpriced_rows=unpriced, wall_seconds_at_max_pool=wall,
-            sp_rows=sp_rows, sp_gang_gpus=gang))
+        plan.kinds.append(
+            KindPlan(
+                kind=kind,
+                rows=rows,
+                model=kc.model,
+                pool_actors=f"{low}-{high}" if high > low else str(low),
+                gpus_per_actor=kc.num_gpus,
+                gpus=f"{low * kc.num_gpus:g}-{gpus_high:g}" if high > low else f"{gpus_high:g}",
+                tflop=flops / 1e12,
+                gpu_seconds=seconds,
+                unpriced_rows=unpriced,
+                wall_seconds_at_max_pool=wall,
+                sp_rows=sp_rows,
+                sp_gang_gpus=gang,
+            )
+        )
     return plan

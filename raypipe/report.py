@@ -28,7 +28,7 @@ import tempfile
 import urllib.parse
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 import fsspec
@@ -125,17 +125,36 @@ def _iso(value: datetime | None) -> str:
 def _card_record(row: dict[str, Any], href: str, playable: bool, poster: str, poster_error: str) -> dict[str, Any]:
     """What the page's script needs of one row (short keys: thousands of them are embedded)."""
     return {
-        "id": row["id"], "kind": row["kind"] or "", "mode": row["mode"] or "", "status": row["status"],
-        "error": row["error"] or "", "prompt": row["prompt"] or "", "negative_prompt": row["negative_prompt"] or "",
-        "seed": row["seed"], "num_frames": row["num_frames"], "height": row["height"], "width": row["width"],
-        "fps": row["fps"], "steps": row["num_inference_steps"], "guidance": row["guidance_scale"],
-        "model": row["model"] or "", "sp_degree": row["sp_degree"], "duration_s": row["duration_s"],
-        "gen_seconds": row["gen_seconds"], "bytes": row["bytes"], "device": row["device"] or "",
-        "worker": row["worker"] or "", "finished_at": _iso(row["finished_at"]),
-        "params": row["params_json"] or "", "where": _where(row["params_json"]),
+        "id": row["id"],
+        "kind": row["kind"] or "",
+        "mode": row["mode"] or "",
+        "status": row["status"],
+        "error": row["error"] or "",
+        "prompt": row["prompt"] or "",
+        "negative_prompt": row["negative_prompt"] or "",
+        "seed": row["seed"],
+        "num_frames": row["num_frames"],
+        "height": row["height"],
+        "width": row["width"],
+        "fps": row["fps"],
+        "steps": row["num_inference_steps"],
+        "guidance": row["guidance_scale"],
+        "model": row["model"] or "",
+        "sp_degree": row["sp_degree"],
+        "duration_s": row["duration_s"],
+        "gen_seconds": row["gen_seconds"],
+        "bytes": row["bytes"],
+        "device": row["device"] or "",
+        "worker": row["worker"] or "",
+        "finished_at": _iso(row["finished_at"]),
+        "params": row["params_json"] or "",
+        "where": _where(row["params_json"]),
         "traceback": _traceback(row["params_json"]) if row["status"] != "ok" else "",
-        "video": href if row["status"] == "ok" else "", "playable": playable and row["status"] == "ok",
-        "video_uri": row["video_uri"] or "", "poster": poster, "poster_error": poster_error,
+        "video": href if row["status"] == "ok" else "",
+        "playable": playable and row["status"] == "ok",
+        "video_uri": row["video_uri"] or "",
+        "poster": poster,
+        "poster_error": poster_error,
     }
 
 
@@ -190,34 +209,54 @@ def _summary_html(s: dict[str, Any]) -> str:
     e = html_lib.escape
     head = "".join(f"<th>{e(st)}</th>" for st in STATUSES)
     body = "".join(
-        f"<tr><td>{e(kind)}</td>" + "".join(f'<td class="num">{c.get(st, 0)}</td>' for st in STATUSES)
+        f"<tr><td>{e(kind)}</td>"
+        + "".join(f'<td class="num">{c.get(st, 0)}</td>' for st in STATUSES)
         + f'<td class="num">{sum(c.values())}</td></tr>'
-        for kind, c in s["by_kind"].items())
-    total = ('<tr class="total"><td>all</td>' + "".join(f'<td class="num">{s["by_status"][st]}</td>' for st in STATUSES)
-             + f'<td class="num">{s["rows"]}</td></tr>')
+        for kind, c in s["by_kind"].items()
+    )
+    total = (
+        '<tr class="total"><td>all</td>'
+        + "".join(f'<td class="num">{s["by_status"][st]}</td>' for st in STATUSES)
+        + f'<td class="num">{s["rows"]}</td></tr>'
+    )
     wall = s["wall_seconds"]
     figures = [
         ("videos", f"{s['videos']} ({_fmt_bytes(s['video_bytes'])})"),
         ("video seconds", f"{s['video_seconds']:.1f} s ({s['video_frames']} frames)"),
         ("generation seconds", f"{_fmt_seconds(s['gen_seconds'])} summed over rows and workers"),
-        ("wall time", f"{_fmt_seconds(wall)} from the first start to the last finish"
-                      " (includes pauses between resumed runs)" if wall else "n/a"),
-        ("throughput", f"{s['videos'] / wall * 60:.2f} videos/min, {s['video_seconds'] / wall:.3f} video s per wall s"
-                       if wall > 0 else "n/a"),
-        ("generation cost", f"{s['gen_seconds'] / s['videos']:.2f} s per video, "
-                            f"{s['gen_seconds'] / s['video_seconds']:.1f} s per video second"
-                            if s["videos"] and s["video_seconds"] else "n/a"),
+        (
+            "wall time",
+            f"{_fmt_seconds(wall)} from the first start to the last finish (includes pauses between resumed runs)"
+            if wall
+            else "n/a",
+        ),
+        (
+            "throughput",
+            f"{s['videos'] / wall * 60:.2f} videos/min, {s['video_seconds'] / wall:.3f} video s per wall s"
+            if wall > 0
+            else "n/a",
+        ),
+        (
+            "generation cost",
+            f"{s['gen_seconds'] / s['videos']:.2f} s per video, "
+            f"{s['gen_seconds'] / s['video_seconds']:.1f} s per video second"
+            if s["videos"] and s["video_seconds"]
+            else "n/a",
+        ),
     ]
     dl = "".join(f"<dt>{e(k)}</dt><dd>{e(v)}</dd>" for k, v in figures)
     slow = "".join(
         f'<tr><td><a href="#q={urllib.parse.quote(r["id"])}">{e(r["id"])}</a></td><td>{e(r["kind"] or "")}</td>'
         f'<td>{e(r["status"])}</td><td class="num">{r["gen_seconds"]:.2f}</td>'
-        f'<td>{e(_shape(r))}</td><td>{e(str(r["num_inference_steps"] or ""))}</td></tr>'
-        for r in s["slowest"])
-    return (f'<div class="summary"><table id="by-kind"><thead><tr><th>kind</th>{head}<th>rows</th></tr></thead>'
-            f"<tbody>{body}{total}</tbody></table><dl>{dl}</dl></div>"
-            f'<h3>Slowest rows</h3><table id="slowest"><thead><tr><th>id</th><th>kind</th><th>status</th>'
-            f"<th>gen s</th><th>frames × h × w</th><th>steps</th></tr></thead><tbody>{slow}</tbody></table>")
+        f"<td>{e(_shape(r))}</td><td>{e(str(r['num_inference_steps'] or ''))}</td></tr>"
+        for r in s["slowest"]
+    )
+    return (
+        f'<div class="summary"><table id="by-kind"><thead><tr><th>kind</th>{head}<th>rows</th></tr></thead>'
+        f"<tbody>{body}{total}</tbody></table><dl>{dl}</dl></div>"
+        f'<h3>Slowest rows</h3><table id="slowest"><thead><tr><th>id</th><th>kind</th><th>status</th>'
+        f"<th>gen s</th><th>frames × h × w</th><th>steps</th></tr></thead><tbody>{slow}</tbody></table>"
+    )
 
 
 def _shape(row: dict[str, Any]) -> str:
@@ -238,18 +277,19 @@ def render_html(out: str, records: list[dict[str, Any]], summary: dict[str, Any]
     from raypipe import __version__
 
     e = html_lib.escape
-    generated = datetime.now(timezone.utc).astimezone().isoformat(timespec="seconds")
+    generated = datetime.now(UTC).astimezone().isoformat(timespec="seconds")
     kinds = sorted({r["kind"] for r in records})
     config = {"cardsPerPage": CARDS_PER_PAGE, "failuresPerPage": FAILURES_PER_PAGE}
-    return (_PAGE
-            .replace("%%TITLE%%", e(f"raypipe report: {out}"))
-            .replace("%%OUT%%", e(out))
-            .replace("%%GENERATED%%", e(f"made {generated} by raypipe {__version__}"))
-            .replace("%%SUMMARY%%", _summary_html(summary))
-            .replace("%%KIND_OPTIONS%%", "".join(f'<option value="{e(k)}">{e(k)}</option>' for k in kinds))
-            .replace("%%STATUS_OPTIONS%%", "".join(f'<option value="{s}">{s}</option>' for s in STATUSES))
-            .replace("%%CONFIG%%", _json_for_script(config))
-            .replace("%%ROWS%%", _json_for_script(records)))
+    return (
+        _PAGE.replace("%%TITLE%%", e(f"raypipe report: {out}"))
+        .replace("%%OUT%%", e(out))
+        .replace("%%GENERATED%%", e(f"made {generated} by raypipe {__version__}"))
+        .replace("%%SUMMARY%%", _summary_html(summary))
+        .replace("%%KIND_OPTIONS%%", "".join(f'<option value="{e(k)}">{e(k)}</option>' for k in kinds))
+        .replace("%%STATUS_OPTIONS%%", "".join(f'<option value="{s}">{s}</option>' for s in STATUSES))
+        .replace("%%CONFIG%%", _json_for_script(config))
+        .replace("%%ROWS%%", _json_for_script(records))
+    )
 
 
 def _write_text(text: str, uri: str) -> None:
@@ -277,8 +317,12 @@ def make_report(out: str, html: str | None = None, workers: int = THUMB_WORKERS)
         records.append(_card_record(row, href, playable, poster, poster_error))
     summary = summarize(rows)
     _write_text(render_html(out, records, summary), html)
-    return ReportResult(uri=html, rows=len(rows), by_status=summary["by_status"],
-                        posters_missing=sum(1 for p, _ in posters.values() if not p))
+    return ReportResult(
+        uri=html,
+        rows=len(rows),
+        by_status=summary["by_status"],
+        posters_missing=sum(1 for p, _ in posters.values() if not p),
+    )
 
 
 _PAGE = r"""<!doctype html>

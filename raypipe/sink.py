@@ -21,13 +21,11 @@ Exactly once, across crashes:
 from __future__ import annotations
 
 import io
-import json
 import os
 import tempfile
 import time
 import uuid
 from datetime import datetime
-from typing import Any
 
 import fsspec
 import numpy as np
@@ -35,8 +33,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from raypipe.metadata import METADATA_SCHEMA, Metadata, metadata_table
 from raypipe.metrics import video_written
-from raypipe.schema import METADATA_COLUMNS, METADATA_SCHEMA
 from raypipe.video import commit_file, is_local, join_uri, write_video
 
 TIME_COLUMNS = ("started_at", "finished_at")
@@ -60,22 +58,6 @@ def new_run_id() -> str:
     return datetime.now().strftime("%Y%m%dT%H%M%S%f") + "-" + uuid.uuid4().hex[:8]
 
 
-def meta_to_json(meta: dict[str, Any]) -> str:
-    return json.dumps({k: (v.isoformat() if isinstance(v, datetime) else v) for k, v in meta.items()})
-
-
-def meta_from_json(text: str) -> dict[str, Any]:
-    meta = json.loads(text)
-    for column in TIME_COLUMNS:
-        if meta.get(column):
-            meta[column] = datetime.fromisoformat(meta[column])
-    return meta
-
-
-def metadata_table(metas: list[dict[str, Any]]) -> pa.Table:
-    return pa.Table.from_pylist([{c: m.get(c) for c in METADATA_COLUMNS} for m in metas], schema=METADATA_SCHEMA)
-
-
 def _write_table(table: pa.Table, uri: str) -> None:
     with tempfile.TemporaryDirectory(prefix="raypipe-") as tmpdir:
         local = os.path.join(tmpdir, "part.parquet")
@@ -96,8 +78,7 @@ def _list(uri: str) -> list[str]:
 
 
 def _part_uris(out: str) -> list[str]:
-    return [u for u in _list(metadata_dir(out))
-            if u.rsplit("/", 1)[-1].startswith("part-") and u.endswith(".parquet")]
+    return [u for u in _list(metadata_dir(out)) if u.rsplit("/", 1)[-1].startswith("part-") and u.endswith(".parquet")]
 
 
 def _run_of(part_uri: str, run_id: str | None) -> bool:
@@ -158,23 +139,24 @@ def remove_stale_temp_files(out: str) -> int:
 
 def write_videos(batch: dict[str, np.ndarray], out: str) -> dict[str, list]:
     """CPU stage after the generation pool: encode each `ok` row's frames to its MP4."""
+    from raypipe.pipeline.records import pack, unpack
+
     metas = []
-    for meta_json, frames in zip(batch["meta_json"], batch["frames"]):
-        meta = meta_from_json(meta_json)
-        if meta["status"] == "ok":
+    for packed_meta, packed_frames in zip(batch["meta"], batch["frames"]):
+        meta: Metadata = unpack(packed_meta)
+        if meta.status == "ok":
             try:
-                shape = (meta["num_frames"], meta["height"], meta["width"], 3)
-                array = np.frombuffer(frames, dtype=np.uint8).reshape(shape)
-                written = write_video(array, meta["fps"], video_uri(out, meta["id"]))
-                meta.update(video_uri=written.uri, bytes=written.bytes, sha256=written.sha256,
-                            duration_s=written.duration_s)
+                written = write_video(unpack(packed_frames), meta.fps, video_uri(out, meta.id))
+                meta.update(
+                    video_uri=written.uri, bytes=written.bytes, sha256=written.sha256, duration_s=written.duration_s
+                )
                 video_written(meta, written)  # encode / upload seconds, bytes
             except Exception as err:  # noqa: BLE001 - the row fails, the run goes on
                 meta.update(status="failed", error=f"writing the video: {type(err).__name__}: {err}")
-        if meta["status"] != "rejected":
-            meta["finished_at"] = datetime.now().astimezone()
-        metas.append(meta_to_json(meta))
-    return {"meta_json": metas}
+        if meta.status != "rejected":
+            meta.finished_at = datetime.now().astimezone()
+        metas.append(pack(meta))
+    return {"meta": metas}
 
 
 class MetadataSink:
@@ -185,13 +167,13 @@ class MetadataSink:
         self.flush_rows = flush_rows
         self.flush_seconds = flush_seconds
         self.run_id = run_id or new_run_id()
-        self._pending: list[dict[str, Any]] = []
+        self._pending: list[Metadata] = []
         self._parts = 0
         self._last_flush = time.monotonic()
         fs, path = fsspec.core.url_to_fs(metadata_dir(out))
         fs.makedirs(path, exist_ok=True)
 
-    def add(self, meta: dict[str, Any]) -> None:
+    def add(self, meta: Metadata) -> None:
         self._pending.append(meta)
         if len(self._pending) >= self.flush_rows or time.monotonic() - self._last_flush >= self.flush_seconds:
             self.flush()
@@ -211,9 +193,17 @@ def _kept_rows(index: pa.Table) -> np.ndarray:
     the rows to keep: per id the `ok` one if any, else the newest (finished_at, then the later
     part, then the later row: identical copies left by a crashed reconcile keep one)."""
     ranked = index.append_column("ok", pc.equal(index.column("status"), "ok")).append_column(
-        "pos", pa.array(np.arange(index.num_rows)))
-    order = ranked.sort_by([("id", "ascending"), ("ok", "descending"), ("finished_at", "descending"),
-                            ("part", "descending"), ("row", "descending")])
+        "pos", pa.array(np.arange(index.num_rows))
+    )
+    order = ranked.sort_by(
+        [
+            ("id", "ascending"),
+            ("ok", "descending"),
+            ("finished_at", "descending"),
+            ("part", "descending"),
+            ("row", "descending"),
+        ]
+    )
     ids = order.column("id").to_numpy(zero_copy_only=False)
     first = np.ones(len(ids), dtype=bool)
     first[1:] = ids[1:] != ids[:-1]
@@ -235,8 +225,11 @@ def reconcile(out: str) -> int:
     columns = []
     for i, uri in enumerate(parts):
         t = _read_part(uri, ["id", "status", "finished_at"])
-        columns.append(t.append_column("part", pa.array(np.full(t.num_rows, i, dtype=np.int64)))
-                        .append_column("row", pa.array(np.arange(t.num_rows, dtype=np.int64))))
+        columns.append(
+            t.append_column("part", pa.array(np.full(t.num_rows, i, dtype=np.int64))).append_column(
+                "row", pa.array(np.arange(t.num_rows, dtype=np.int64))
+            )
+        )
     index = pa.concat_tables(columns)
     keep = _kept_rows(index)
     part_of = index.column("part").to_numpy()
@@ -260,7 +253,7 @@ def reconcile(out: str) -> int:
             buffer, buffered = [], 0
 
         for i in sorted(rewrite):
-            mask = keep[offsets[i]:offsets[i + 1]]
+            mask = keep[offsets[i] : offsets[i + 1]]
             if mask.any():
                 table = _read_part(parts[i]).filter(pa.array(mask))
                 buffer.append(table.cast(METADATA_SCHEMA))

@@ -94,8 +94,14 @@ def write_video(frames: np.ndarray, fps: int, uri: str) -> WrittenVideo:
         t2 = time.perf_counter()
         commit_file(local, uri)
         t3 = time.perf_counter()
-    return WrittenVideo(uri=uri, bytes=size, sha256=digest, duration_s=len(frames) / float(fps),
-                        encode_seconds=t1 - t0, upload_seconds=t3 - t2)
+    return WrittenVideo(
+        uri=uri,
+        bytes=size,
+        sha256=digest,
+        duration_s=len(frames) / float(fps),
+        encode_seconds=t1 - t0,
+        upload_seconds=t3 - t2,
+    )
 
 
 def read_video(uri: str, num_frames: int | None = None, size: tuple[int, int] | None = None) -> np.ndarray:
@@ -121,8 +127,7 @@ def read_video(uri: str, num_frames: int | None = None, size: tuple[int, int] | 
     if size is not None and tuple(frames.shape[1:3]) != (int(size[0]), int(size[1])):
         import cv2
 
-        frames = np.stack([cv2.resize(f, (int(size[1]), int(size[0])), interpolation=cv2.INTER_AREA)
-                           for f in frames])
+        frames = np.stack([cv2.resize(f, (int(size[1]), int(size[0])), interpolation=cv2.INTER_AREA) for f in frames])
     return frames
 
 

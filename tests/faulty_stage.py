@@ -13,7 +13,7 @@ import os
 import tempfile
 from pathlib import Path
 
-from raypipe.stages.cogvideox import CogVideoXStage
+from raypipe.families.cogvideox.stage import CogVideoXStage
 
 POISON = "kill the worker"
 MARKS = Path(tempfile.gettempdir()) / "raypipe-test-marks"

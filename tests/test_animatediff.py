@@ -12,18 +12,22 @@ import pytest
 
 from raypipe.cli import main
 from raypipe.config import KindConfig, load_config
-from raypipe.models.tiny import MOTION_LORA_FILE, tiny_path
+from raypipe.families.animatediff.stage import AnimateDiffStage
+from raypipe.families.animatediff.tiny import MOTION_LORA_FILE
+from raypipe.models.tiny import tiny_path
 from raypipe.schema import metadata_from_row, validate_row
 from raypipe.sink import read_metadata
-from raypipe.stages.animatediff import AnimateDiffStage
 from tests.conftest import REPO, write_jsonl
 
 CONFIG = load_config().kinds["animatediff"]
 DEFAULTS = CONFIG.defaults
 INPUT_VIDEO = REPO / "manifests" / "inputs" / "moving_shapes.mp4"
 EXAMPLES = sorted((REPO / "manifests").glob("animatediff_*.jsonl"))
-PIPELINES = {"t2v": "AnimateDiffPipeline", "v2v": "AnimateDiffVideoToVideoPipeline",
-             "controlnet": "AnimateDiffControlNetPipeline"}
+PIPELINES = {
+    "t2v": "AnimateDiffPipeline",
+    "v2v": "AnimateDiffVideoToVideoPipeline",
+    "controlnet": "AnimateDiffControlNetPipeline",
+}
 
 
 def reject(raw, defaults=DEFAULTS):
@@ -39,39 +43,54 @@ def test_a_clip_longer_than_the_window_without_free_noise_is_rejected():
     error = reject({"num_frames": 48})
     assert error.startswith("num_frames: 48 frames is longer than the motion adapter's window of 16 frames")
     assert "set free_noise" in error
-    assert validate_row({"id": "r", "kind": "animatediff", "num_frames": 48, "free_noise": {}}, DEFAULTS)
+    assert validate_row({"id": "r", "kind": "animatediff", "prompt": "x", "num_frames": 48, "free_noise": {}}, DEFAULTS)
 
 
-@pytest.mark.parametrize("raw, start", [
-    ({"prompt": {"0": "a", "8": "b"}}, "prompt: a dict of frame prompts (prompt travel) needs free_noise"),
-    ({"num_frames": 48, "free_noise": {}, "prompt": {"8": "b"}}, 'prompt: prompt travel needs a prompt for frame "0"'),
-    ({"num_frames": 48, "free_noise": {}, "prompt": {"0": "a", "48": "b"}}, "prompt: frame 48 is outside the clip"),
-    ({"num_frames": 48, "free_noise": {}, "prompt": {"0": "a", "x": "b"}}, "prompt: keys are frame indices"),
-    ({"prompt": ["a"]}, "prompt: must be a string or a dict"),
-    ({"num_frames": 48, "free_noise": {"context_length": 24}}, "free_noise.context_length: 24 is longer than the"),
-    ({"num_frames": 8, "free_noise": {}}, "free_noise.context_length: 16 is longer than the clip"),
-    ({"num_frames": 48, "free_noise": {"context_stride": 0}}, "free_noise.context_stride: "),
-    ({"num_frames": 48, "free_noise": {"context_stride": 20}}, "free_noise.context_stride: must not exceed"),
-    ({"free_noise": {"window": 4}}, "free_noise.window: unknown field"),
-    ({"mode": "v2v"}, "video: required for mode v2v"),
-    ({"mode": "controlnet", "video": "v.mp4"}, "control: required for mode controlnet"),
-    ({"mode": "controlnet", "video": "v.mp4", "control": "pose"}, "control: "),
-    ({"video": "v.mp4"}, "video: only for mode v2v or controlnet"),
-    ({"strength": 0.5}, "strength: only for mode v2v or controlnet"),
-    ({"mode": "v2v", "video": "v.mp4", "control": "canny"}, "control: only for mode controlnet"),
-    ({"mode": "v2v", "video": "v.mp4", "strength": 1.5}, "strength: "),
-    ({"height": 60}, "height: must be a multiple of 8, got 60"),
-    ({"lora": [{"path": "x"}], "motion_lora": "x"}, "motion_lora: x given more than once"),
-    ({"motion_lora": [{"weight": 1}]}, "motion_lora.0.path: "),
-])
+@pytest.mark.parametrize(
+    "raw, start",
+    [
+        ({"prompt": {"0": "a", "8": "b"}}, "prompt: a dict of frame prompts (prompt travel) needs free_noise"),
+        (
+            {"num_frames": 48, "free_noise": {}, "prompt": {"8": "b"}},
+            'prompt: prompt travel needs a prompt for frame "0"',
+        ),
+        ({"num_frames": 48, "free_noise": {}, "prompt": {"0": "a", "48": "b"}}, "prompt: frame 48 is outside the clip"),
+        ({"num_frames": 48, "free_noise": {}, "prompt": {"0": "a", "x": "b"}}, "prompt: keys are frame indices"),
+        ({"prompt": ["a"]}, "prompt: must be a string or a dict"),
+        ({"num_frames": 48, "free_noise": {"context_length": 24}}, "free_noise.context_length: 24 is longer than the"),
+        ({"num_frames": 8, "free_noise": {}}, "free_noise.context_length: 16 is longer than the clip"),
+        ({"num_frames": 48, "free_noise": {"context_stride": 0}}, "free_noise.context_stride: "),
+        ({"num_frames": 48, "free_noise": {"context_stride": 20}}, "free_noise.context_stride: must not exceed"),
+        ({"free_noise": {"window": 4}}, "free_noise.window: unknown field"),
+        ({"mode": "v2v"}, "video: required for mode v2v"),
+        ({"mode": "controlnet", "video": "v.mp4"}, "control: required for mode controlnet"),
+        ({"mode": "controlnet", "video": "v.mp4", "control": "pose"}, "control: "),
+        ({"video": "v.mp4"}, "video: only for mode v2v or controlnet"),
+        ({"strength": 0.5}, "strength: only for mode v2v or controlnet"),
+        ({"mode": "v2v", "video": "v.mp4", "control": "canny"}, "control: only for mode controlnet"),
+        ({"mode": "v2v", "video": "v.mp4", "strength": 1.5}, "strength: "),
+        ({"height": 60}, "height: must be a multiple of 8, got 60"),
+        ({"lora": [{"path": "x"}], "motion_lora": "x"}, "motion_lora: x given more than once"),
+        ({"motion_lora": [{"weight": 1}]}, "motion_lora.0.path: "),
+    ],
+)
 def test_rejections_name_the_field(raw, start):
     error = reject(raw)
     assert error.startswith(start), error
 
 
 def test_prompt_travel_row_is_normalised():
-    row = validate_row({"id": "r", "kind": "animatediff", "num_frames": 48, "free_noise": {"context_stride": 8},
-                        "prompt": {"32": "b", "0": "a"}, "motion_lora": "tiny:motion-lora"}, DEFAULTS)
+    row = validate_row(
+        {
+            "id": "r",
+            "kind": "animatediff",
+            "num_frames": 48,
+            "free_noise": {"context_stride": 8},
+            "prompt": {"32": "b", "0": "a"},
+            "motion_lora": "tiny:motion-lora",
+        },
+        DEFAULTS,
+    )
     assert row.prompt == {"0": "a", "32": "b"} and list(row.prompt) == ["0", "32"]
     assert row.free_noise.context_length == 16  # the window, from the config's defaults
     assert [(s.path, s.weight) for s in row.motion_lora] == [("tiny:motion-lora", 1.0)]
@@ -91,19 +110,29 @@ def stage():
 
 
 def small_row(row_id, **fields):
-    raw = {"id": row_id, "kind": "animatediff", "prompt": "a red kite", "num_frames": 8, "height": 32, "width": 32,
-           "seed": 7, **fields}
+    raw = {
+        "id": row_id,
+        "kind": "animatediff",
+        "prompt": "a red kite",
+        "num_frames": 8,
+        "height": 32,
+        "width": 32,
+        "seed": 7,
+        **fields,
+    }
     return validate_row(raw, DEFAULTS)
 
 
 def test_loras_switch_per_row_on_one_loaded_pipeline(stage):
     lora_uri = "file://" + str(tiny_path("tiny:motion-lora") / MOTION_LORA_FILE)  # a URI: read with fsspec
-    rows = [small_row("plain"),
-            small_row("w1", motion_lora="tiny:motion-lora"),
-            small_row("w0", motion_lora=[{"path": "tiny:motion-lora", "weight": 0.0}]),
-            small_row("plain-again"),
-            small_row("uri-w1", lora=[{"path": lora_uri, "weight": 1.0}]),
-            small_row("half", motion_lora=[{"path": "tiny:motion-lora", "weight": 0.5}])]
+    rows = [
+        small_row("plain"),
+        small_row("w1", motion_lora="tiny:motion-lora"),
+        small_row("w0", motion_lora=[{"path": "tiny:motion-lora", "weight": 0.0}]),
+        small_row("plain-again"),
+        small_row("uri-w1", lora=[{"path": lora_uri, "weight": 1.0}]),
+        small_row("half", motion_lora=[{"path": "tiny:motion-lora", "weight": 0.5}]),
+    ]
     results = {r.meta["id"]: r for r in stage.process(rows)}
     assert all(r.meta["status"] == "ok" for r in results.values()), [r.meta["error"] for r in results.values()]
     frames = {row_id: r.frames.astype(np.int16) for row_id, r in results.items()}
@@ -116,7 +145,8 @@ def test_loras_switch_per_row_on_one_loaded_pipeline(stage):
     assert list(stage._pipelines) == [CONFIG.model]
     assert stage._pipelines[CONFIG.model].adapters == {"tiny:motion-lora": "lora0", lora_uri: "lora1"}
     assert json.loads(results["w0"].meta["params_json"])["loras"] == [
-        {"path": "tiny:motion-lora", "weight": 0.0, "adapter": "lora0"}]
+        {"path": "tiny:motion-lora", "weight": 0.0, "adapter": "lora0"}
+    ]
 
 
 def test_without_free_noise_the_video_is_plain_animatediffs(stage):
@@ -125,12 +155,11 @@ def test_without_free_noise_the_video_is_plain_animatediffs(stage):
     import torch
     from diffusers import AnimateDiffPipeline, MotionAdapter
 
+    from raypipe.families.animatediff.stage import make_scheduler
     from raypipe.models.tiny import resolve_model
-    from raypipe.stages.animatediff import make_scheduler
-    from raypipe.stages.base import to_uint8
+    from raypipe.stage import to_uint8
 
-    rows = [small_row("before"), small_row("fn", num_frames=24, free_noise={"context_stride": 4}),
-            small_row("after")]
+    rows = [small_row("before"), small_row("fn", num_frames=24, free_noise={"context_stride": 4}), small_row("after")]
     before, fn, after = stage.process(rows)
     assert fn.meta["status"] == "ok" and fn.frames.shape == (24, 32, 32, 3)
     adapter = MotionAdapter.from_pretrained(resolve_model(CONFIG.models["motion_adapter"]))
@@ -138,9 +167,16 @@ def test_without_free_noise_the_video_is_plain_animatediffs(stage):
     pipe.scheduler = make_scheduler("ddim", pipe.scheduler.config)
     pipe.set_progress_bar_config(disable=True)
     row = rows[0]
-    plain = pipe(prompt=row.prompt, num_frames=8, height=32, width=32, num_inference_steps=row.num_inference_steps,
-                 guidance_scale=row.guidance_scale, generator=torch.Generator("cpu").manual_seed(row.seed),
-                 output_type="np").frames[0]
+    plain = pipe(
+        prompt=row.prompt,
+        num_frames=8,
+        height=32,
+        width=32,
+        num_inference_steps=row.num_inference_steps,
+        guidance_scale=row.guidance_scale,
+        generator=torch.Generator("cpu").manual_seed(row.seed),
+        output_type="np",
+    ).frames[0]
     assert np.array_equal(before.frames, to_uint8(plain))
     assert np.array_equal(after.frames, to_uint8(plain))
 
@@ -148,7 +184,9 @@ def test_without_free_noise_the_video_is_plain_animatediffs(stage):
 def test_the_stage_checks_the_loaded_adapters_window(stage):
     # A config without motion_window in its defaults: validation cannot tell, the stage can.
     defaults = {k: v for k, v in DEFAULTS.items() if k != "motion_window"}
-    row = validate_row({"id": "long", "kind": "animatediff", "num_frames": 24, "height": 32, "width": 32}, defaults)
+    row = validate_row(
+        {"id": "long", "kind": "animatediff", "prompt": "x", "num_frames": 24, "height": 32, "width": 32}, defaults
+    )
     result = stage.process([row])[0]
     assert result.meta["status"] == "failed"
     assert "longer than the motion adapter's window of 16 frames; set free_noise" in result.meta["error"]
@@ -169,8 +207,10 @@ def test_schedulers_from_config(name, cls):
 
 
 def test_unknown_options_fail_the_setup():
-    for options, start in (({"scheduler": "dpm"}, "options.scheduler: one of ddim"),
-                           ({"vae_slice": True}, "options.vae_slice: unknown option")):
+    for options, start in (
+        ({"scheduler": "dpm"}, "options.scheduler: one of ddim"),
+        ({"vae_slice": True}, "options.vae_slice: unknown option"),
+    ):
         stage = AnimateDiffStage(KindConfig.model_validate({**CONFIG.model_dump(), "options": options}))
         with pytest.raises(ValueError, match=start):
             stage.setup()
@@ -178,10 +218,22 @@ def test_unknown_options_fail_the_setup():
 
 # ---- a real local Ray run ------------------------------------------------------------------
 
-TRAVEL = {"kind": "animatediff", "num_frames": 48, "height": 32, "width": 32, "seed": 5,
-          "free_noise": {"context_length": 16, "context_stride": 8}}
-LORA_ROW = {"kind": "animatediff", "prompt": "a paper boat on a pond", "num_frames": 8, "height": 32, "width": 32,
-            "seed": 11}
+TRAVEL = {
+    "kind": "animatediff",
+    "num_frames": 48,
+    "height": 32,
+    "width": 32,
+    "seed": 5,
+    "free_noise": {"context_length": 16, "context_stride": 8},
+}
+LORA_ROW = {
+    "kind": "animatediff",
+    "prompt": "a paper boat on a pond",
+    "num_frames": 8,
+    "height": 32,
+    "width": 32,
+    "seed": 11,
+}
 CHECK_ROWS = [
     {**LORA_ROW, "id": "lora-none"},
     {**LORA_ROW, "id": "lora-w0", "motion_lora": [{"path": "tiny:motion-lora", "weight": 0}]},
@@ -228,14 +280,21 @@ def test_every_mode_makes_its_frames_and_sizes(ray_run):
         m = meta[row_id]
         assert m["status"] == "ok", (row_id, m["error"])
         frames = decode(out, row_id)
-        expect = (row.get("num_frames", DEFAULTS["num_frames"]), row.get("height", DEFAULTS["height"]),
-                  row.get("width", DEFAULTS["width"]), 3)
+        expect = (
+            row.get("num_frames", DEFAULTS["num_frames"]),
+            row.get("height", DEFAULTS["height"]),
+            row.get("width", DEFAULTS["width"]),
+            3,
+        )
         assert frames.shape == expect and (m["num_frames"], m["height"], m["width"]) == expect[:3], row_id
         assert frames.std() > 1.0  # not a blank video
         params = json.loads(m["params_json"])
         mode = row.get("mode", "t2v")
-        pipeline = PIPELINES[mode].replace("AnimateDiff", "AnimateDiffVideoToVideo") \
-            if mode == "controlnet" and "strength" in row else PIPELINES[mode]
+        pipeline = (
+            PIPELINES[mode].replace("AnimateDiff", "AnimateDiffVideoToVideo")
+            if mode == "controlnet" and "strength" in row
+            else PIPELINES[mode]
+        )
         assert (m["mode"], params["pipeline"]) == (mode, pipeline), row_id
         assert (params["scheduler"], params["scheduler_class"]) == ("ddim", "DDIMScheduler")
         assert params["control"] == row.get("control")

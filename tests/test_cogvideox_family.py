@@ -14,13 +14,14 @@ from safetensors.torch import load_file
 
 from raypipe.cli import main
 from raypipe.config import load_config
-from raypipe.models import exvideo_svd
-from raypipe.models.cogvideox_lora import diffsynth_to_diffusers
-from raypipe.models.tiny import EXVIDEO_LORA_FILE, EXVIDEO_SVD_FILE, tiny_path
+from raypipe.families.cogvideox.lora import diffsynth_to_diffusers
+from raypipe.families.cogvideox.stage import CogVideoXStage
+from raypipe.families.exvideo import svd_extension as exvideo_svd
+from raypipe.families.exvideo.stage import ExVideoStage
+from raypipe.families.exvideo.tiny import EXVIDEO_LORA_FILE, EXVIDEO_SVD_FILE
+from raypipe.models.tiny import tiny_path
 from raypipe.schema import validate_row
 from raypipe.sink import read_metadata
-from raypipe.stages.cogvideox import CogVideoXStage
-from raypipe.stages.exvideo import ExVideoStage
 from tests.conftest import REPO, write_jsonl
 
 IMAGE = str(REPO / "manifests" / "inputs" / "sunset.png")
@@ -37,8 +38,10 @@ REJECTED = [
     ({"kind": "cogvideox", "image": IMAGE}, "image: only for mode i2v"),
     ({"kind": "cogvideox", "mode": "i2v", "image": IMAGE, "strength": 0.5}, "strength: only for mode v2v"),
     ({"kind": "cogvideox", "mode": "v2v", "video": VIDEO, "strength": 1.5}, "strength: Input should be less"),
-    ({"kind": "cogvideox", "mode": "v2v", "video": VIDEO, "strength": 0.1, "num_inference_steps": 4},
-     "strength: 0.1 of 4 steps runs no step"),
+    (
+        {"kind": "cogvideox", "mode": "v2v", "video": VIDEO, "strength": 0.1, "num_inference_steps": 4},
+        "strength: 0.1 of 4 steps runs no step",
+    ),
     ({"kind": "cogvideox", "mode": "x2v"}, "mode: Input should be 't2v', 'i2v' or 'v2v'"),
     ({"kind": "exvideo", "num_frames": 137}, "num_frames: at most 129 for ExVideo-CogVideoX"),
     ({"kind": "exvideo", "num_frames": 64}, "num_frames: must be 8k+1"),
@@ -48,8 +51,10 @@ REJECTED = [
     ({"kind": "exvideo", "base": "svd", "image": IMAGE, "num_frames": 129}, "num_frames: from 2 to 128"),
     ({"kind": "exvideo", "base": "svd", "image": IMAGE, "height": 96}, "height: must be a positive multiple of 64"),
     ({"kind": "exvideo", "base": "svd", "image": IMAGE, "sp_degree": 2}, "sp_degree: sequence parallelism runs"),
-    ({"kind": "exvideo", "base": "svd", "image": IMAGE, "lora": [{"path": "x.safetensors"}]},
-     "lora: LoRAs apply to base cogvideox only"),
+    (
+        {"kind": "exvideo", "base": "svd", "image": IMAGE, "lora": [{"path": "x.safetensors"}]},
+        "lora: LoRAs apply to base cogvideox only",
+    ),
 ]
 
 
@@ -61,13 +66,13 @@ def test_rows_outside_the_models_limits_are_rejected(fields, error):
 
 
 def test_the_longest_rows_each_model_takes_are_valid():
-    assert validate_row({"id": "a", "kind": "cogvideox", "num_frames": 49}).num_frames == 49
-    assert validate_row({"id": "b", "kind": "exvideo", "num_frames": 129}).num_frames == 129
+    assert validate_row({"id": "a", "kind": "cogvideox", "prompt": "x", "num_frames": 49}).num_frames == 49
+    assert validate_row({"id": "b", "kind": "exvideo", "prompt": "x", "num_frames": 129}).num_frames == 129
     svd = validate_row({"id": "c", "kind": "exvideo", "base": "svd", "image": IMAGE, "num_frames": 128})
     assert svd.num_frames == 128
     # without config defaults a base gets its model card's size and length
     assert (svd.height, svd.width, svd.fps) == (512, 512, 30)
-    cog = validate_row({"id": "d", "kind": "exvideo"})
+    cog = validate_row({"id": "d", "kind": "exvideo", "prompt": "x"})
     assert (cog.num_frames, cog.height, cog.width) == (129, 480, 720)
     assert validate_row({"id": "e", "kind": "cogvideox", "mode": "v2v", "video": VIDEO}).strength == 0.8
 
@@ -91,15 +96,45 @@ OK_ROWS = [
     {"id": "t2v-a", "kind": "cogvideox", "prompt": "a red kite over a beach"},
     {"id": "t2v-b", "kind": "cogvideox", "prompt": "rain on a window", "seed": 3},
     {"id": "i2v", "kind": "cogvideox", "mode": "i2v", "image": IMAGE, "prompt": "the sun sets", "height": 48},
-    {"id": "v2v", "kind": "cogvideox", "mode": "v2v", "video": VIDEO, "num_frames": 17, "strength": 0.75,
-     "prompt": "a watercolor sunset"},
+    {
+        "id": "v2v",
+        "kind": "cogvideox",
+        "mode": "v2v",
+        "video": VIDEO,
+        "num_frames": 17,
+        "strength": 0.75,
+        "prompt": "a watercolor sunset",
+    },
     # the same video but for the ExVideo LoRA
-    {"id": "same-t2v", "kind": "cogvideox", "prompt": "a lighthouse", "seed": 5, "height": 32, "width": 32,
-     "num_inference_steps": 2, "guidance_scale": 6.0},
-    {"id": "same-ex", "kind": "exvideo", "prompt": "a lighthouse", "seed": 5, "num_frames": 9, "height": 32,
-     "width": 32, "num_inference_steps": 2, "guidance_scale": 6.0},
-    {"id": "ex-129", "kind": "exvideo", "prompt": "an astronaut riding a horse", "num_frames": 129, "height": 32,
-     "width": 32},
+    {
+        "id": "same-t2v",
+        "kind": "cogvideox",
+        "prompt": "a lighthouse",
+        "seed": 5,
+        "height": 32,
+        "width": 32,
+        "num_inference_steps": 2,
+        "guidance_scale": 6.0,
+    },
+    {
+        "id": "same-ex",
+        "kind": "exvideo",
+        "prompt": "a lighthouse",
+        "seed": 5,
+        "num_frames": 9,
+        "height": 32,
+        "width": 32,
+        "num_inference_steps": 2,
+        "guidance_scale": 6.0,
+    },
+    {
+        "id": "ex-129",
+        "kind": "exvideo",
+        "prompt": "an astronaut riding a horse",
+        "num_frames": 129,
+        "height": 32,
+        "width": 32,
+    },
     {"id": "ex-svd", "kind": "exvideo", "base": "svd", "image": IMAGE, "num_frames": 33},
 ]
 FAILED_ROWS = [
@@ -128,8 +163,10 @@ def run(ray_local, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("cogvideox-family")
     garbage = tmp / "not-a-video.mp4"
     garbage.write_text("these bytes are no MP4")
-    rows = [dict(row, video=str(garbage)) if row.get("video") == "GARBAGE" else row
-            for row in OK_ROWS + FAILED_ROWS + REJECTED_ROWS]
+    rows = [
+        dict(row, video=str(garbage)) if row.get("video") == "GARBAGE" else row
+        for row in OK_ROWS + FAILED_ROWS + REJECTED_ROWS
+    ]
     manifest = write_jsonl(tmp / "family.jsonl", rows)
     config = tmp / "config.yaml"
     config.write_text(RUN_CONFIG)
@@ -153,14 +190,24 @@ def test_every_mode_makes_videos_of_the_asked_frames_and_size(run):
         assert len(reader) == frames == m["num_frames"], row["id"]
         assert reader[0].shape == (*size, 3) and (m["height"], m["width"]) == size, row["id"]
         assert abs(reader.get_avg_fps() - defaults["fps"]) < 0.01
-    modes = {row_id: (meta[row_id]["mode"], json.loads(meta[row_id]["params_json"])["pipeline"])
-             for row_id in ("t2v-a", "i2v", "v2v", "ex-129", "ex-svd")}
-    assert modes == {"t2v-a": ("t2v", "CogVideoXPipeline"), "i2v": ("i2v", "CogVideoXImageToVideoPipeline"),
-                     "v2v": ("v2v", "CogVideoXVideoToVideoPipeline"), "ex-129": ("cogvideox", "CogVideoXPipeline"),
-                     "ex-svd": ("svd", "StableVideoDiffusionPipeline")}
+    modes = {
+        row_id: (meta[row_id]["mode"], json.loads(meta[row_id]["params_json"])["pipeline"])
+        for row_id in ("t2v-a", "i2v", "v2v", "ex-129", "ex-svd")
+    }
+    assert modes == {
+        "t2v-a": ("t2v", "CogVideoXPipeline"),
+        "i2v": ("i2v", "CogVideoXImageToVideoPipeline"),
+        "v2v": ("v2v", "CogVideoXVideoToVideoPipeline"),
+        "ex-129": ("cogvideox", "CogVideoXPipeline"),
+        "ex-svd": ("svd", "StableVideoDiffusionPipeline"),
+    }
     # the checkpoint that made each video: the mode's / base's own model
     assert (meta["t2v-a"]["model"], meta["i2v"]["model"], meta["ex-129"]["model"], meta["ex-svd"]["model"]) == (
-        "tiny:cogvideox", "tiny:cogvideox-i2v", "tiny:cogvideox", "tiny:svd")
+        "tiny:cogvideox",
+        "tiny:cogvideox-i2v",
+        "tiny:cogvideox",
+        "tiny:svd",
+    )
 
 
 def test_params_json_records_the_options_and_what_each_video_was_made_with(run):
@@ -181,17 +228,21 @@ def test_params_json_records_the_options_and_what_each_video_was_made_with(run):
 
 def test_the_exvideo_lora_changes_the_video(run):
     out, _, _ = run
-    plain, extended = (decord.VideoReader(str(out / "videos" / f"{i}.mp4")).get_batch(list(range(9))).asnumpy()
-                       for i in ("same-t2v", "same-ex"))
+    plain, extended = (
+        decord.VideoReader(str(out / "videos" / f"{i}.mp4")).get_batch(list(range(9))).asnumpy()
+        for i in ("same-t2v", "same-ex")
+    )
     # same model, prompt, seed, size and frames: only the LoRA differs
     assert np.abs(plain.astype(int) - extended.astype(int)).mean() > 2
 
 
 def test_unreadable_inputs_fail_their_row_with_the_reason(run):
     out, _, meta = run
-    expect = {"i2v-missing": "image: cannot read /nonexistent/sunset.png: FileNotFoundError",
-              "v2v-garbage": "video: cannot read ",
-              "svd-missing": "image: cannot read /nonexistent/sunset.png: FileNotFoundError"}
+    expect = {
+        "i2v-missing": "image: cannot read /nonexistent/sunset.png: FileNotFoundError",
+        "v2v-garbage": "video: cannot read ",
+        "svd-missing": "image: cannot read /nonexistent/sunset.png: FileNotFoundError",
+    }
     for row_id, start in expect.items():
         assert meta[row_id]["status"] == "failed" and meta[row_id]["error"].startswith(start), meta[row_id]["error"]
         assert not (out / "videos" / f"{row_id}.mp4").exists()
@@ -200,8 +251,12 @@ def test_unreadable_inputs_fail_their_row_with_the_reason(run):
 
 def test_rejected_rows_name_the_field(run):
     _, _, meta = run
-    expect = {"i2v-no-image": "image: required", "cog-57": "num_frames: at most 49",
-              "ex-137": "num_frames: at most 129", "svd-129": "num_frames: from 2 to 128"}
+    expect = {
+        "i2v-no-image": "image: required",
+        "cog-57": "num_frames: at most 49",
+        "ex-137": "num_frames: at most 129",
+        "svd-129": "num_frames: from 2 to 128",
+    }
     for row_id, start in expect.items():
         assert meta[row_id]["status"] == "rejected" and meta[row_id]["error"].startswith(start), meta[row_id]["error"]
 
@@ -222,10 +277,20 @@ BATCHES = {
     "t2v": ("cogvideox", [{"prompt": "a cat"}, {"prompt": "a dog on a red sofa", "seed": 3}]),
     "i2v": ("cogvideox", [{"mode": "i2v", "image": IMAGE, "prompt": "dusk"}, {"mode": "i2v", "image": IMAGE}]),
     "v2v": ("cogvideox", [{"mode": "v2v", "video": VIDEO, "prompt": "ink"}, {"mode": "v2v", "video": VIDEO}]),
-    "exvideo-cogvideox": ("exvideo", [{"prompt": "a cat", "num_frames": 9, "height": 32, "width": 32},
-                                      {"prompt": "a dog", "num_frames": 9, "height": 32, "width": 32}]),
-    "exvideo-svd": ("exvideo", [{"base": "svd", "image": IMAGE, "num_frames": 9},
-                                {"base": "svd", "image": IMAGE, "num_frames": 9, "seed": 11}]),
+    "exvideo-cogvideox": (
+        "exvideo",
+        [
+            {"prompt": "a cat", "num_frames": 9, "height": 32, "width": 32},
+            {"prompt": "a dog", "num_frames": 9, "height": 32, "width": 32},
+        ],
+    ),
+    "exvideo-svd": (
+        "exvideo",
+        [
+            {"base": "svd", "image": IMAGE, "num_frames": 9},
+            {"base": "svd", "image": IMAGE, "num_frames": 9, "seed": 11},
+        ],
+    ),
 }
 
 
@@ -248,8 +313,15 @@ def test_a_batched_video_is_the_video_made_alone(stages, mode):
 
 def test_a_row_lora_on_cogvideox_is_what_exvideo_makes_and_goes_away_after(stages):
     cog, ex = stages
-    common = {"prompt": "a lighthouse", "num_frames": 9, "height": 32, "width": 32, "num_inference_steps": 2,
-              "guidance_scale": 6.0, "seed": 4}
+    common = {
+        "prompt": "a lighthouse",
+        "num_frames": 9,
+        "height": 32,
+        "width": 32,
+        "num_inference_steps": 2,
+        "guidance_scale": 6.0,
+        "seed": 4,
+    }
     lora = [{"path": f"tiny:exvideo-lora/{EXVIDEO_LORA_FILE}", "weight": 1.0}]
     row = validate_row({"id": "plain", "kind": "cogvideox", **common}, DEFAULTS["cogvideox"])
     with_lora = validate_row({"id": "lora", "kind": "cogvideox", "lora": lora, **common}, DEFAULTS["cogvideox"])
@@ -267,13 +339,19 @@ def test_a_row_lora_on_cogvideox_is_what_exvideo_makes_and_goes_away_after(stage
 
 def test_step_caching_runs_through_diffusers_hooks(stages):
     base = stages[0]
-    row = validate_row({"id": "cache", "kind": "cogvideox", "prompt": "a cat", "height": 32, "width": 32},
-                       DEFAULTS["cogvideox"])
+    row = validate_row(
+        {"id": "cache", "kind": "cogvideox", "prompt": "a cat", "height": 32, "width": 32}, DEFAULTS["cogvideox"]
+    )
     plain = base.process([row])[0].frames
     # A huge first-block-cache threshold: every step after the first reuses the cached residual.
-    for cache in ({"type": "first_block_cache", "threshold": 1e9},
-                  {"type": "pyramid_attention_broadcast", "spatial_attention_block_skip_range": 2,
-                   "spatial_attention_timestep_skip_range": [-1, 1001]}):
+    for cache in (
+        {"type": "first_block_cache", "threshold": 1e9},
+        {
+            "type": "pyramid_attention_broadcast",
+            "spatial_attention_block_skip_range": 2,
+            "spatial_attention_timestep_skip_range": [-1, 1001],
+        },
+    ):
         stage = CogVideoXStage(base.config.model_copy(update={"options": {"step_cache": cache}}))
         stage.setup()
         assert stage.pipeline().transformer.is_cache_enabled
@@ -285,9 +363,11 @@ def test_step_caching_runs_through_diffusers_hooks(stages):
 
 def test_unknown_or_bad_options_are_errors(stages):
     config = stages[0].config
-    for options, error in (({"vae_tilling": True}, "options.vae_tilling: unknown option"),
-                           ({"cpu_offload": "always"}, "options.cpu_offload: one of none, model, sequential"),
-                           ({"step_cache": {"type": "teacache"}}, "options.step_cache: a mapping with type")):
+    for options, error in (
+        ({"vae_tilling": True}, "options.vae_tilling: unknown option"),
+        ({"cpu_offload": "always"}, "options.cpu_offload: one of none, model, sequential"),
+        ({"step_cache": {"type": "teacache"}}, "options.step_cache: a mapping with type"),
+    ):
         with pytest.raises(ValueError, match=error):
             CogVideoXStage(config.model_copy(update={"options": options})).setup()
 
@@ -316,7 +396,8 @@ def test_exvideo_svd_released_checkpoint_maps_onto_the_unet():
         assert torch.equal(own[key], value.float()), key
     assert exvideo_svd.diffusers_to_released(own).keys() == released.keys()
     assert own["mid_block.attentions.0.temporal_transformer_blocks.0.norm3.weight"].equal(
-        released["blocks.83.norm_out.weight"].float())
+        released["blocks.83.norm_out.weight"].float()
+    )
 
     sample = torch.randn(1, 9, 8, 16, 16, generator=torch.Generator().manual_seed(0))
     args = (torch.tensor([10.0]), torch.randn(1, 1, 32), torch.tensor([[7.0, 127.0, 0.02]]))
@@ -340,6 +421,7 @@ def test_exvideo_lora_released_names_map_onto_diffusers():
     assert len(mapped) == len(released) == 16
     assert "transformer.transformer_blocks.1.attn1.to_out.0.lora_B.weight" in mapped
     assert mapped["transformer.transformer_blocks.0.attn1.to_q.lora_A.weight"].equal(
-        released["blocks.0.attn1.to_q.lora_A.default.weight"])
+        released["blocks.0.attn1.to_q.lora_A.default.weight"]
+    )
     with pytest.raises(ValueError, match="not a CogVideoX LoRA key"):
         diffsynth_to_diffusers({"blocks.0.attn1.norm_q.lora_A.weight": torch.zeros(1)})

@@ -11,18 +11,24 @@ import numpy as np
 import pytest
 
 from raypipe.cli import main
-from raypipe.deforum.colour import maintain_colors
-from raypipe.deforum.settings import SAMPLERS, frame_seeds
-from raypipe.deforum.warps import warp_2d, warp_3d
-from raypipe.schema import row_from_json, row_to_json, validate_row
+from raypipe.families.deforum.colour import maintain_colors
+from raypipe.families.deforum.settings import SAMPLERS, frame_seeds
+from raypipe.families.deforum.warps import warp_2d, warp_3d
+from raypipe.pipeline.records import pack, unpack
+from raypipe.schema import validate_row
 from raypipe.sink import read_metadata
-from tests.conftest import SHARED, write_jsonl
+from tests.conftest import SHARED, needs_shared, write_jsonl
 
 DEFAULT_SETTINGS = str(SHARED / "deforum" / "default_settings.txt")
 TINY = {"W": 64, "H": 64, "steps": 2}
 # No repainting, no noise, no colour matching: every frame is exactly the camera move of the last.
-STILL = {**TINY, "strength_schedule": "0:(1.0)", "noise_schedule": "0:(0)", "color_coherence": "None",
-         "diffusion_cadence": 1}
+STILL = {
+    **TINY,
+    "strength_schedule": "0:(1.0)",
+    "noise_schedule": "0:(0)",
+    "color_coherence": "None",
+    "diffusion_cadence": 1,
+}
 
 
 def row(deforum=None, **fields):
@@ -38,6 +44,7 @@ def rejection(**raw):
 # ---- settings -----------------------------------------------------------------------------------
 
 
+@needs_shared
 def test_the_default_settings_file_resolves():
     r = row({"max_frames": 120}, deforum_settings=DEFAULT_SETTINGS)
     s = r.settings
@@ -45,8 +52,14 @@ def test_the_default_settings_file_resolves():
     assert r.guidance_scale == 7.0 and s["sampler"] == "Euler a" and s["diffusion_cadence"] == 2
     assert s["color_coherence"] == "LAB" and s["noise_type"] == "perlin" and s["padding_mode"] == "border"
     # Keys raypipe does not implement are listed (and only those).
-    assert {"hybrid_motion", "cn_1_enabled", "noise_multiplier_schedule", "sampler_schedule",
-            "depth_algorithm", "batch_name"} <= set(s.unimplemented)
+    assert {
+        "hybrid_motion",
+        "cn_1_enabled",
+        "noise_multiplier_schedule",
+        "sampler_schedule",
+        "depth_algorithm",
+        "batch_name",
+    } <= set(s.unimplemented)
     assert not {"zoom", "prompts", "seed_schedule", "translation_z", "fov_schedule"} & set(s.unimplemented)
     # prompts: positive_prompts before, negative_prompts after --neg (Deforum's composition)
     positive, negative = s.prompt_for_frame(45, 120)
@@ -71,8 +84,8 @@ def test_layers_common_fields_then_file_then_object(tmp_path):
     r = row(prompt="a cat", negative_prompt="blurry", num_frames=3, height=40, width=43, guidance_scale=3.5)
     assert (r.num_frames, r.height, r.width, r.guidance_scale) == (3, 40, 40, 3.5)  # 43 -> 40 (x8)
     assert r.settings.prompt_for_frame(2, 3) == ("a cat", "blurry") and r.prompt == "a cat"
-    # a row survives the trip through JSON to the model actor unchanged
-    again = row_from_json(row_to_json(r))
+    # a row survives the trip to the model actor unchanged (packed once validated, not validated again)
+    again = unpack(pack(r))
     assert again.model_dump() == r.model_dump() and again.settings.values == r.settings.values
 
 
@@ -120,8 +133,9 @@ def test_seed_behaviors(behavior, every):
 
 
 def test_seed_schedule_and_random():
-    s = row({"seed": 10, "seed_behavior": "schedule", "seed_schedule": "0:(5), 1:(t*100), 3:(-1)",
-             "max_frames": 5}).settings
+    s = row(
+        {"seed": 10, "seed_behavior": "schedule", "seed_schedule": "0:(5), 1:(t*100), 3:(-1)", "max_frames": 5}
+    ).settings
     seeds = frame_seeds(s, [0, 1, 2, 3, 4], 5)
     assert [seeds[f] for f in (0, 1, 2)] == [5, 100, 200]
     assert seeds[3] != seeds[4] and seeds[3] not in (-1, 2**32 - 1)  # -1: a random seed each
@@ -137,10 +151,11 @@ def test_seed_schedule_and_random():
 def test_every_sampler_name_makes_a_diffusers_scheduler():
     from diffusers import PNDMScheduler
 
-    from raypipe.stages.deforum import img2img_steps, make_scheduler
+    from raypipe.families.deforum.stage import img2img_steps, make_scheduler
 
-    config = PNDMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
-                           skip_prk_steps=True, steps_offset=1).config  # SD 1.5's
+    config = PNDMScheduler(
+        beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", skip_prk_steps=True, steps_offset=1
+    ).config  # SD 1.5's
     for name, target in SAMPLERS.items():
         if target:
             scheduler = make_scheduler(name.upper(), config)
@@ -156,7 +171,7 @@ def test_every_sampler_name_makes_a_diffusers_scheduler():
 
 def square(size=64, at=(20, 30)):
     image = np.zeros((size, size, 3), np.uint8)
-    image[at[0]:at[1], at[0]:at[1]] = 255
+    image[at[0] : at[1], at[0] : at[1]] = 255
     return image
 
 
@@ -225,7 +240,7 @@ def moving_square_video(path, frames=8):
     video = np.zeros((frames, 64, 64, 3), np.uint8)
     video[:] = np.linspace(40, 200, 64, dtype=np.uint8)[None, None, :, None]
     for i in range(frames):
-        video[i, 24:40, 4 + 6 * i:20 + 6 * i] = (255, 40, 40)
+        video[i, 24:40, 4 + 6 * i : 20 + 6 * i] = (255, 40, 40)
     write_video(video, 8, str(path))
     return video
 
@@ -237,28 +252,81 @@ def deforum_run(ray_local, tmp_path_factory):
     bad_settings = tmp / "bad_settings.txt"
     bad_settings.write_text(json.dumps({"angle": "0:(__import__('os').system('touch pwned'))"}))
     rows = [
-        {"id": "cam-2d", "kind": "deforum", "prompt": "a red kite",
-         "deforum": {**STILL, "animation_mode": "2D", "max_frames": 4, "translation_x": "0:(4)", "zoom": "0:(1)"}},
-        {"id": "cam-3d", "kind": "deforum", "prompt": "a red kite",
-         "deforum": {**STILL, "animation_mode": "3D", "max_frames": 3, "translation_x": "0:(40)",
-                     "use_depth_warping": False}},
-        {"id": "depth-3d", "kind": "deforum", "prompt": "a canyon",
-         "deforum": {**TINY, "animation_mode": "3D", "max_frames": 5, "diffusion_cadence": 2,
-                     "translation_z": "0:(10)", "rotation_3d_y": "0:(2)", "sampler": "DPM++ 2M Karras"}},
-        {"id": "video-in", "kind": "deforum", "video": str(tmp / "input.mp4"),
-         "deforum": {**STILL, "animation_mode": "Video Input", "extract_nth_frame": 2}},
-        {"id": "video-cap", "kind": "deforum", "prompt": "oil painting",
-         "deforum": {**TINY, "animation_mode": "Video Input", "video_init_path": str(tmp / "input.mp4"),
-                     "max_frames": 2, "strength_schedule": "0:(0.5)"}},
-        {"id": "interp", "kind": "deforum",
-         "deforum": {**TINY, "animation_mode": "Interpolation", "max_frames": 5, "seed_behavior": "fixed",
-                     "prompts": {"0": "sunrise over the sea", "4": "sunset over the sea"}}},
-        {"id": "settings-file", "kind": "deforum", "deforum_settings": DEFAULT_SETTINGS,
-         "deforum": {"max_frames": 3, **TINY}},
+        {
+            "id": "cam-2d",
+            "kind": "deforum",
+            "prompt": "a red kite",
+            "deforum": {**STILL, "animation_mode": "2D", "max_frames": 4, "translation_x": "0:(4)", "zoom": "0:(1)"},
+        },
+        {
+            "id": "cam-3d",
+            "kind": "deforum",
+            "prompt": "a red kite",
+            "deforum": {
+                **STILL,
+                "animation_mode": "3D",
+                "max_frames": 3,
+                "translation_x": "0:(40)",
+                "use_depth_warping": False,
+            },
+        },
+        {
+            "id": "depth-3d",
+            "kind": "deforum",
+            "prompt": "a canyon",
+            "deforum": {
+                **TINY,
+                "animation_mode": "3D",
+                "max_frames": 5,
+                "diffusion_cadence": 2,
+                "translation_z": "0:(10)",
+                "rotation_3d_y": "0:(2)",
+                "sampler": "DPM++ 2M Karras",
+            },
+        },
+        {
+            "id": "video-in",
+            "kind": "deforum",
+            "video": str(tmp / "input.mp4"),
+            "deforum": {**STILL, "animation_mode": "Video Input", "extract_nth_frame": 2},
+        },
+        {
+            "id": "video-cap",
+            "kind": "deforum",
+            "prompt": "oil painting",
+            "deforum": {
+                **TINY,
+                "animation_mode": "Video Input",
+                "video_init_path": str(tmp / "input.mp4"),
+                "max_frames": 2,
+                "strength_schedule": "0:(0.5)",
+            },
+        },
+        {
+            "id": "interp",
+            "kind": "deforum",
+            "deforum": {
+                **TINY,
+                "animation_mode": "Interpolation",
+                "max_frames": 5,
+                "seed_behavior": "fixed",
+                "prompts": {"0": "sunrise over the sea", "4": "sunset over the sea"},
+            },
+        },
+        {
+            "id": "settings-file",
+            "kind": "deforum",
+            "deforum_settings": DEFAULT_SETTINGS,
+            "deforum": {"max_frames": 3, **TINY},
+        },
         {"id": "bad-schedule", "kind": "deforum", "deforum": {"zoom": "0:(exec('import os'))"}},
         {"id": "bad-file", "kind": "deforum", "deforum_settings": str(bad_settings)},
-        {"id": "missing-video", "kind": "deforum", "video": str(tmp / "nope.mp4"),
-         "deforum": {**TINY, "animation_mode": "Video Input"}},
+        {
+            "id": "missing-video",
+            "kind": "deforum",
+            "video": str(tmp / "nope.mp4"),
+            "deforum": {**TINY, "animation_mode": "Video Input"},
+        },
     ]
     manifest = write_jsonl(tmp / "deforum.jsonl", rows)
     out = tmp / "out"
@@ -277,6 +345,7 @@ def shift(a, b):
     return cv2.phaseCorrelate(*gray)[0]
 
 
+@needs_shared
 def test_run_finishes_with_one_row_per_manifest_line(deforum_run):
     _, _, code, meta = deforum_run
     assert len(meta) == 10 and code == 1  # rejected and failed rows are in the metadata
@@ -340,6 +409,7 @@ def test_interpolation(deforum_run):
     assert json.loads(meta["interp"]["params_json"])["seeds"] == [meta["interp"]["seed"]] * 5  # fixed
 
 
+@needs_shared
 def test_the_default_settings_file_runs(deforum_run):
     _, out, _, meta = deforum_run
     m = meta["settings-file"]

@@ -1,4 +1,4 @@
-"""The Deforum keyframe schedule language (raypipe/deforum/schedule.py): each rule checked
+"""The Deforum keyframe schedule language (raypipe/families/deforum/schedule.py): each rule checked
 against values worked out by hand, the cases where raypipe does better than Deforum, the
 `raypipe schedule` command, and that no schedule can run code. No Ray, no models."""
 
@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 
 from raypipe.cli import main
-from raypipe.deforum import schedule as sched
-from raypipe.deforum.schedule import ScheduleError, evaluate, parse
+from raypipe.families.deforum import schedule as sched
+from raypipe.families.deforum.schedule import ScheduleError, evaluate, parse
 
 
 def values(text, frames, seed=0):
@@ -86,7 +86,7 @@ def test_keys_past_the_end_still_shape_the_curve():
 def test_forms_deforum_writes():
     assert values("0: (1.0), 2 : ( 3.0 ) ,", 3) == [1, 2, 3]  # spaces, a trailing comma
     assert values("0:1, 2:3", 3) == [1, 2, 3]  # values without parentheses
-    assert parse(1.5, "zoom").values(2) .tolist() == [1.5, 1.5]  # a bare number in a settings object
+    assert parse(1.5, "zoom").values(2).tolist() == [1.5, 1.5]  # a bare number in a settings object
     assert values("0:(-0.5), 2:(+0.5)", 3) == [-0.5, 0, 0.5]
     assert values("0:(2**-1), 1:(t**-1)", 3) == [0.5, 1, 0.5]  # floats: no integer-power errors
     assert values("0:(7 // 2 + 7 % 2), 1:((t > 1) & (t < 3))", 4) == [4, 0, 1, 0]
@@ -136,7 +136,7 @@ ATTACKS = [
     "0:(eval)",
     "0:(getattr(t, 'real'))",
     "__import__('os').system('touch {sentinel}'):(1)",
-    "0:(1), 'open(\"{sentinel}\", \"w\")':(2)",
+    '0:(1), \'open("{sentinel}", "w")\':(2)',
     "0:(sin(1)); import os",
     "0:(where(t > 0, __import__('os').getpid(), 1))",
 ]

@@ -34,8 +34,12 @@ from tests.conftest import REPO
 VENV_BIN = Path(sys.executable).parent
 RAY = str(VENV_BIN / "ray")
 # manifests/demo.jsonl: id -> (frames, height, width, fps), from the rows and the default config
-DEMO = {"demo-cat": (9, 64, 64, 8), "demo-city": (9, 64, 64, 8), "demo-forest": (17, 64, 64, 8),
-        "demo-wide": (9, 48, 80, 12)}
+DEMO = {
+    "demo-cat": (9, 64, 64, 8),
+    "demo-city": (9, 64, 64, 8),
+    "demo-forest": (17, 64, 64, 8),
+    "demo-wide": (9, 48, 80, 12),
+}
 
 
 def free_ports(n: int) -> list[int]:
@@ -83,28 +87,67 @@ def head():
     # Short: Ray's socket paths under it must stay within 107 characters.
     temp_dir = tempfile.mkdtemp(prefix="rp-", dir="/tmp")
     gcs, dashboard, metrics, agent_http, agent_grpc, runtime_env, node_manager, object_manager = free_ports(8)
-    env = {**os.environ,
-           # the head's workers, and the job's `python`, are the venv's
-           "PATH": f"{VENV_BIN}{os.pathsep}{os.environ.get('PATH', '')}",
-           # metrics reach the exporter every second (default 10 s)
-           "RAY_metrics_report_interval_ms": "1000",
-           # on SIGTERM, stop at once rather than drain (for Serve) for 30 s
-           "RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S": "0",
-           # token auth for the head and the Jobs CLI; `ray start` alone turns it on only when
-           # ~/.ray/auth_token exists, which `ray get-auth-token --generate` makes if missing
-           "RAY_AUTH_MODE": "token"}
+    env = {
+        **os.environ,
+        # the head's workers, and the job's `python`, are the venv's
+        "PATH": f"{VENV_BIN}{os.pathsep}{os.environ.get('PATH', '')}",
+        # metrics reach the exporter every second (default 10 s)
+        "RAY_metrics_report_interval_ms": "1000",
+        # on SIGTERM, stop at once rather than drain (for Serve) for 30 s
+        "RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S": "0",
+        # token auth for the head and the Jobs CLI; `ray start` alone turns it on only when
+        # ~/.ray/auth_token exists, which `ray get-auth-token --generate` makes if missing
+        "RAY_AUTH_MODE": "token",
+    }
     env.pop("RAY_ADDRESS", None)
-    subprocess.run([RAY, "get-auth-token", "--generate"], env=env, stdout=subprocess.DEVNULL,
-                   stderr=subprocess.DEVNULL, check=True, timeout=120)
+    subprocess.run(
+        [RAY, "get-auth-token", "--generate"],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        check=True,
+        timeout=120,
+    )
     log = open(Path(temp_dir) / "ray-start.log", "w")
     process = subprocess.Popen(
-        [RAY, "start", "--head", "--block", "--node-ip-address", "127.0.0.1", "--port", str(gcs),
-         "--dashboard-host", "127.0.0.1", "--dashboard-port", str(dashboard), "--include-dashboard", "true",
-         "--metrics-export-port", str(metrics), "--dashboard-agent-listen-port", str(agent_http),
-         "--dashboard-agent-grpc-port", str(agent_grpc), "--runtime-env-agent-port", str(runtime_env),
-         "--node-manager-port", str(node_manager), "--object-manager-port", str(object_manager),
-         "--num-cpus", "2", "--temp-dir", temp_dir, "--disable-usage-stats"],
-        env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        [
+            RAY,
+            "start",
+            "--head",
+            "--block",
+            "--node-ip-address",
+            "127.0.0.1",
+            "--port",
+            str(gcs),
+            "--dashboard-host",
+            "127.0.0.1",
+            "--dashboard-port",
+            str(dashboard),
+            "--include-dashboard",
+            "true",
+            "--metrics-export-port",
+            str(metrics),
+            "--dashboard-agent-listen-port",
+            str(agent_http),
+            "--dashboard-agent-grpc-port",
+            str(agent_grpc),
+            "--runtime-env-agent-port",
+            str(runtime_env),
+            "--node-manager-port",
+            str(node_manager),
+            "--object-manager-port",
+            str(object_manager),
+            "--num-cpus",
+            "2",
+            "--temp-dir",
+            temp_dir,
+            "--disable-usage-stats",
+        ],
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
     address = f"http://127.0.0.1:{dashboard}"
     try:
         deadline = time.monotonic() + 120
@@ -112,8 +155,12 @@ def head():
             assert process.poll() is None, (Path(temp_dir) / "ray-start.log").read_text()[-3000:]
             assert time.monotonic() < deadline, "the Ray head did not start in 120 s"
             time.sleep(1)
-        yield {"address": address, "metrics": f"http://127.0.0.1:{metrics}/metrics", "temp_dir": Path(temp_dir),
-               "env": env}
+        yield {
+            "address": address,
+            "metrics": f"http://127.0.0.1:{metrics}/metrics",
+            "temp_dir": Path(temp_dir),
+            "env": env,
+        }
     finally:
         stop(process)
         log.close()
@@ -121,15 +168,21 @@ def head():
 
 
 def ray_job(head, *args: str, timeout: float = 60) -> subprocess.CompletedProcess:
-    return subprocess.run([RAY, "job", *args], cwd=REPO, env=head["env"], capture_output=True, text=True,
-                          timeout=timeout)
+    return subprocess.run(
+        [RAY, "job", *args], cwd=REPO, env=head["env"], capture_output=True, text=True, timeout=timeout
+    )
 
 
 def ray_exporter_ok_videos(text: str) -> float:
     """Sum over workers of ray_raypipe_videos_total{kind=cogvideox,status=ok} in a scrape."""
-    return sum(s.value for family in text_string_to_metric_families(text) for s in family.samples
-               if s.name == "ray_raypipe_videos_total" and s.labels.get("kind") == "cogvideox"
-               and s.labels.get("status") == "ok")
+    return sum(
+        s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+        if s.name == "ray_raypipe_videos_total"
+        and s.labels.get("kind") == "cogvideox"
+        and s.labels.get("status") == "ok"
+    )
 
 
 @pytest.fixture(scope="module")
@@ -154,10 +207,25 @@ def demo_job(head, tmp_path_factory):
     scraper = threading.Thread(target=scrape, daemon=True)
     scraper.start()
     try:
-        submit = ray_job(head, "submit", "--address", head["address"], "--submission-id", job_id,
-                         "--working-dir", ".", "--runtime-env-json", json.dumps(runtime_env),
-                         "--", "python", "jobs/generate.py", "manifests/demo.jsonl", "--out", str(out),
-                         timeout=420)
+        submit = ray_job(
+            head,
+            "submit",
+            "--address",
+            head["address"],
+            "--submission-id",
+            job_id,
+            "--working-dir",
+            ".",
+            "--runtime-env-json",
+            json.dumps(runtime_env),
+            "--",
+            "python",
+            "jobs/generate.py",
+            "manifests/demo.jsonl",
+            "--out",
+            str(out),
+            timeout=420,
+        )
         status = ray_job(head, "status", "--address", head["address"], job_id)
         deadline = time.monotonic() + 30  # let the exporter report the last rows
         while (not scraped or scraped[-1] < len(DEMO)) and time.monotonic() < deadline:
@@ -188,15 +256,20 @@ def test_demo_job_outputs(demo_job):
         assert reader[0].shape == (height, width, 3)
         assert abs(reader.get_avg_fps() - fps) < 0.01
         assert m["bytes"] == os.path.getsize(out / "videos" / f"{row_id}.mp4")
-    prom = {(s.name, tuple(sorted(s.labels.items()))): s.value
-            for f in text_string_to_metric_families((out / "metrics.prom").read_text()) for s in f.samples}
+    prom = {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for f in text_string_to_metric_families((out / "metrics.prom").read_text())
+        for s in f.samples
+    }
     assert prom[("raypipe_videos_total", (("kind", "cogvideox"), ("status", "ok")))] == len(DEMO)
     assert prom[("raypipe_output_bytes_total", (("kind", "cogvideox"),))] == sum(m["bytes"] for m in meta.values())
 
 
 def test_job_ran_the_uploaded_checkout(demo_job, head):
     logs = demo_job["submit"].stdout + demo_job["submit"].stderr
-    packages = list((head["temp_dir"] / "session_latest" / "runtime_resources" / "working_dir_files").glob("_ray_pkg_*"))
+    packages = list(
+        (head["temp_dir"] / "session_latest" / "runtime_resources" / "working_dir_files").glob("_ray_pkg_*")
+    )
     packages = [p for p in packages if p.is_dir()]
     assert len(packages) == 1, packages
     uploaded = packages[0].resolve()  # session_latest is a link to the session's folder
@@ -213,8 +286,13 @@ def test_ray_exporter_serves_the_actor_metrics(demo_job):
 
 
 def test_token_auth_is_on(head):
-    refused = subprocess.run([RAY, "job", "list", "--address", head["address"]], cwd=REPO,
-                             env={**head["env"], "RAY_AUTH_MODE": "disabled"}, capture_output=True, text=True,
-                             timeout=60)
+    refused = subprocess.run(
+        [RAY, "job", "list", "--address", head["address"]],
+        cwd=REPO,
+        env={**head["env"], "RAY_AUTH_MODE": "disabled"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert refused.returncode != 0
     assert ray_job(head, "list", "--address", head["address"]).returncode == 0

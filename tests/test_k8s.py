@@ -18,9 +18,9 @@ import yaml
 
 from raypipe.cli import _parser
 from raypipe.config import load_config
+from raypipe.families import kinds
 from raypipe.metrics import METRICS
-from raypipe.schema import KNOWN_KINDS
-from tests.conftest import REPO, SHARED
+from tests.conftest import REPO, SHARED, needs_shared
 
 K8S = REPO / "k8s"
 GPU = "nvidia.com/gpu"
@@ -28,8 +28,7 @@ SECRET = "raypipe-object-store"
 
 
 def documents() -> list[tuple[Path, dict]]:
-    return [(path, doc) for path in sorted(K8S.glob("*.yaml"))
-            for doc in yaml.safe_load_all(path.read_text()) if doc]
+    return [(path, doc) for path in sorted(K8S.glob("*.yaml")) for doc in yaml.safe_load_all(path.read_text()) if doc]
 
 
 def the(kind: str) -> dict:
@@ -46,8 +45,11 @@ def strict(schema):
     if not isinstance(schema, dict):
         return schema
     out = {k: strict(v) for k, v in schema.items()}
-    if ("properties" in schema and "additionalProperties" not in schema
-            and not schema.get("x-kubernetes-preserve-unknown-fields")):
+    if (
+        "properties" in schema
+        and "additionalProperties" not in schema
+        and not schema.get("x-kubernetes-preserve-unknown-fields")
+    ):
         out["additionalProperties"] = False
     return out
 
@@ -69,15 +71,27 @@ def cluster_specs() -> dict[str, dict]:
 
 def pod_templates(spec: dict) -> dict[str, dict]:
     """{group name: pod template} of a RayCluster spec, the head as 'head'."""
-    return {"head": spec["headGroupSpec"]["template"],
-            **{g["groupName"]: g["template"] for g in spec["workerGroupSpecs"]}}
+    return {
+        "head": spec["headGroupSpec"]["template"],
+        **{g["groupName"]: g["template"] for g in spec["workerGroupSpecs"]},
+    }
 
 
 def quantity(text) -> float:
     """A Kubernetes quantity ("500m", "32", "320Gi") as a number (bytes for memory)."""
     number, suffix = re.fullmatch(r"([0-9.]+)([a-zA-Z]*)", str(text)).groups()
-    scale = {"": 1, "m": 1e-3, "k": 1e3, "M": 1e6, "G": 1e9, "T": 1e12,
-             "Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40}[suffix]
+    scale = {
+        "": 1,
+        "m": 1e-3,
+        "k": 1e3,
+        "M": 1e6,
+        "G": 1e9,
+        "T": 1e12,
+        "Ki": 2**10,
+        "Mi": 2**20,
+        "Gi": 2**30,
+        "Ti": 2**40,
+    }[suffix]
     return float(number) * scale
 
 
@@ -92,12 +106,14 @@ def test_every_manifest_has_its_schema_or_checks():
         assert re.fullmatch(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?", doc["metadata"]["name"]), path
 
 
+@needs_shared
 @pytest.mark.parametrize("kind", sorted(CRDS))
 def test_manifest_validates_against_the_kuberay_crd(kind):
     errors = sorted(validator(kind).iter_errors(the(kind)), key=str)
     assert not errors, "\n".join(f"{'/'.join(map(str, e.absolute_path))}: {e.message}" for e in errors)
 
 
+@needs_shared
 def test_the_strict_schema_catches_mistakes():
     cluster = the("RayCluster")
     typo = copy.deepcopy(cluster)
@@ -154,19 +170,24 @@ def test_gpu_pods(which):
                 # extended resources: Kubernetes wants request == limit (and no overcommit)
                 assert quantity(requests.get(GPU, -1)) == quantity(limits.get(GPU, -2)) >= 1, name
                 tolerations = template["spec"].get("tolerations", [])
-                assert any(t["key"] == GPU and t["operator"] == "Exists" and t.get("effect") == "NoSchedule"
-                           for t in tolerations), name
+                assert any(
+                    t["key"] == GPU and t["operator"] == "Exists" and t.get("effect") == "NoSchedule"
+                    for t in tolerations
+                ), name
             for resource in ("cpu", "memory"):  # Ray sizes itself from the limits
                 assert quantity(requests[resource]) == quantity(limits[resource]), (name, resource)
-    assert gpu_groups == len(KNOWN_KINDS)
+    assert gpu_groups == len(kinds())
 
 
 @pytest.mark.parametrize("which", ["RayCluster", "RayJob"])
 def test_every_container_gets_the_object_store_credentials(which):
     for name, template in pod_templates(cluster_specs()[which]).items():
         for container in template["spec"]["containers"]:
-            refs = {e["name"]: e["valueFrom"]["secretKeyRef"] for e in container.get("env", [])
-                    if "secretKeyRef" in e.get("valueFrom", {})}
+            refs = {
+                e["name"]: e["valueFrom"]["secretKeyRef"]
+                for e in container.get("env", [])
+                if "secretKeyRef" in e.get("valueFrom", {})
+            }
             for key in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
                 assert refs[key] == {"name": SECRET, "key": key}, (name, key)  # required: no `optional`
 
@@ -180,7 +201,7 @@ def kind_groups(spec: dict) -> dict[str, dict]:
     for group in spec["workerGroupSpecs"]:
         for resource in group.get("resources", {}):
             kind = resource.removeprefix("raypipe_")
-            assert resource.startswith("raypipe_") and kind in KNOWN_KINDS, resource
+            assert resource.startswith("raypipe_") and kind in kinds(), resource
             assert kind not in groups, kind
             groups[kind] = group
     return groups
@@ -188,10 +209,10 @@ def kind_groups(spec: dict) -> dict[str, dict]:
 
 def test_each_kind_has_its_gpu_group_and_its_actors_fit():
     groups = kind_groups(cluster_specs()["RayCluster"])
-    assert sorted(groups) == sorted(KNOWN_KINDS)
+    assert sorted(groups) == sorted(kinds())
     config = load_config([str(REPO / "configs/gpu.yaml"), str(REPO / "configs/kuberay.yaml")])
     overlay = yaml.safe_load((REPO / "configs/kuberay.yaml").read_text())["kinds"]
-    assert sorted(overlay) == sorted(KNOWN_KINDS)
+    assert sorted(overlay) == sorted(kinds())
     for kind, group in groups.items():
         resource = f"raypipe_{kind}"
         assert group["template"]["metadata"]["labels"]["raypipe.io/kind"] == kind
@@ -243,8 +264,11 @@ def test_podmonitor_scrapes_every_ray_pod():
             assert selector.items() <= labels.items(), (which, name)
             container = template["spec"]["containers"][0]
             ports = {p["name"]: p["containerPort"] for p in container["ports"]}
-            rayparams = (spec["headGroupSpec"] if name == "head" else
-                         next(g for g in spec["workerGroupSpecs"] if g["groupName"] == name))["rayStartParams"]
+            rayparams = (
+                spec["headGroupSpec"]
+                if name == "head"
+                else next(g for g in spec["workerGroupSpecs"] if g["groupName"] == name)
+            )["rayStartParams"]
             assert ports["metrics"] == int(rayparams["metrics-export-port"]), (which, name)
             assert ("raypipe-metrics" in ports) == (name == "head"), (which, name)
 
@@ -269,7 +293,13 @@ def test_dashboard_plots_raypipe_metrics():
                     assert METRICS[base][0] == "histogram", name
                 (used_ray if ray_prefix else used_driver).add(base)
     assert used_driver == set(METRICS)  # every metric of the run is on the dashboard
-    ray_side = {"raypipe_videos_total", "raypipe_generation_seconds", "raypipe_encode_seconds",
-                "raypipe_upload_seconds", "raypipe_output_bytes_total", "raypipe_model_load_seconds",
-                "raypipe_rows_in_flight"}  # what the actors and writers record (metrics.py)
+    ray_side = {
+        "raypipe_videos_total",
+        "raypipe_generation_seconds",
+        "raypipe_encode_seconds",
+        "raypipe_upload_seconds",
+        "raypipe_output_bytes_total",
+        "raypipe_model_load_seconds",
+        "raypipe_rows_in_flight",
+    }  # what the actors and writers record (metrics.py)
     assert used_ray == ray_side

@@ -11,20 +11,29 @@ from tests.conftest import write_jsonl
 
 
 def test_jsonl_lines_without_a_usable_id(tmp_path):
-    path = write_jsonl(tmp_path / "m.jsonl", [
-        {"id": "a", "kind": "cogvideox"},
-        "{not json",
-        "[1, 2]",
-        {"kind": "cogvideox"},
-        {"id": "a", "kind": "cogvideox"},
-        {"id": "bad id", "kind": "cogvideox"},
-        "",
-        {"id": "b", "kind": "cogvideox"},
-    ])
+    path = write_jsonl(
+        tmp_path / "m.jsonl",
+        [
+            {"id": "a", "kind": "cogvideox"},
+            "{not json",
+            "[1, 2]",
+            {"kind": "cogvideox"},
+            {"id": "a", "kind": "cogvideox"},
+            {"id": "bad id", "kind": "cogvideox"},
+            "",
+            {"id": "b", "kind": "cogvideox"},
+        ],
+    )
     records = list(read_records([str(path)], done_ids={"b"}))
     assert [(r["id"], r["route"]) for r in records] == [
-        ("a", "pending"), ("m.jsonl:2", "rejected"), ("m.jsonl:3", "rejected"), ("m.jsonl:4", "rejected"),
-        ("m.jsonl:5", "rejected"), ("m.jsonl:6", "rejected"), ("b", "skip")]
+        ("a", "pending"),
+        ("m.jsonl:2", "rejected"),
+        ("m.jsonl:3", "rejected"),
+        ("m.jsonl:4", "rejected"),
+        ("m.jsonl:5", "rejected"),
+        ("m.jsonl:6", "rejected"),
+        ("b", "skip"),
+    ]
     errors = [r["error"] for r in records]
     assert errors[1].startswith("not valid JSON")
     assert errors[2] == "not an object (a list)"
@@ -43,17 +52,27 @@ def test_duplicate_ids_across_manifests(tmp_path):
 
 def test_csv_and_parquet(tmp_path):
     csv_path = tmp_path / "m.csv"
-    csv_path.write_text('id,kind,prompt,num_frames,lora\na,cogvideox,"a cat, walking",9,\n'
-                        'b,cogvideox,dog,17,"[{""path"": ""x.safetensors""}]"\n')
+    csv_path.write_text(
+        'id,kind,prompt,num_frames,lora\na,cogvideox,"a cat, walking",9,\n'
+        'b,cogvideox,dog,17,"[{""path"": ""x.safetensors""}]"\n'
+    )
     records = list(read_records([str(csv_path)]))
     assert [(r["id"], r["line"]) for r in records] == [("a", 2), ("b", 3)]
-    assert json.loads(records[0]["raw_json"]) == {"id": "a", "kind": "cogvideox", "prompt": "a cat, walking",
-                                                  "num_frames": "9"}
+    assert json.loads(records[0]["raw_json"]) == {
+        "id": "a",
+        "kind": "cogvideox",
+        "prompt": "a cat, walking",
+        "num_frames": "9",
+    }
     assert json.loads(records[1]["raw_json"])["lora"] == [{"path": "x.safetensors"}]
 
     pq_path = tmp_path / "m.parquet"
-    pq.write_table(pa.Table.from_pylist([{"id": "c", "kind": "cogvideox", "seed": None},
-                                         {"id": "d", "kind": "cogvideox", "seed": 3}]), pq_path)
+    pq.write_table(
+        pa.Table.from_pylist(
+            [{"id": "c", "kind": "cogvideox", "seed": None}, {"id": "d", "kind": "cogvideox", "seed": 3}]
+        ),
+        pq_path,
+    )
     records = list(read_records([str(pq_path)]))
     assert [(r["id"], r["line"]) for r in records] == [("c", 1), ("d", 2)]
     assert "seed" not in json.loads(records[0]["raw_json"])

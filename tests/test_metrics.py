@@ -15,6 +15,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from raypipe.cli import main
+from raypipe.metadata import Metadata
 from raypipe.metrics import METRICS, RunMetrics
 from raypipe.sink import read_metadata
 from tests.conftest import write_jsonl
@@ -25,7 +26,7 @@ ROWS = [
     {"id": "rain", "kind": "cogvideox", "prompt": "rain on a window", **SMALL, "width": 48, "fps": 12},
     {"id": "frames", "kind": "cogvideox", "num_frames": 12},  # rejected: not 8k+1
     {"id": "typo", "kind": "cogvidex"},  # rejected, and its kind is no label value
-    {"id": "broken", "kind": "cogvideox", "model": "/nonexistent/model", **SMALL},  # failed
+    {"id": "broken", "kind": "cogvideox", "prompt": "a red kite", "model": "/nonexistent/model", **SMALL},  # failed
 ]
 
 
@@ -54,8 +55,11 @@ class Recorder(http.server.BaseHTTPRequestHandler):
 
 def samples(text: str) -> dict:
     """{(sample name, sorted labels): value} of a Prometheus text exposition."""
-    return {(s.name, tuple(sorted(s.labels.items()))): s.value
-            for family in text_string_to_metric_families(text) for s in family.samples}
+    return {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
 
 
 def value(parsed: dict, name: str, **labels) -> float:
@@ -89,15 +93,32 @@ def metered_run(ray_local, tmp_path_factory):
     scraper = threading.Thread(target=scrape, daemon=True)
     scraper.start()
     try:
-        code = main(["run", str(manifest), "--out", str(out), "--metrics-port", str(port),
-                     "--pushgateway", f"http://127.0.0.1:{gateway.server_address[1]}"])
+        code = main(
+            [
+                "run",
+                str(manifest),
+                "--out",
+                str(out),
+                "--metrics-port",
+                str(port),
+                "--pushgateway",
+                f"http://127.0.0.1:{gateway.server_address[1]}",
+            ]
+        )
     finally:
         running.clear()
         scraper.join()
         gateway.shutdown()
         gateway.server_close()
-    return {"manifest": manifest, "out": out, "code": code, "port": port, "scrapes": scrapes,
-            "pushed": list(Recorder.received), "prom": (out / "metrics.prom").read_text()}
+    return {
+        "manifest": manifest,
+        "out": out,
+        "code": code,
+        "port": port,
+        "scrapes": scrapes,
+        "pushed": list(Recorder.received),
+        "prom": (out / "metrics.prom").read_text(),
+    }
 
 
 def test_metrics_prom_agrees_with_the_metadata(metered_run):
@@ -107,10 +128,17 @@ def test_metrics_prom_agrees_with_the_metadata(metered_run):
     ok = [m for m in meta if m["status"] == "ok"]
     assert len(meta) == len(ROWS) and len(ok) == 2
 
-    expected = {("cogvideox", "ok"): 2, ("cogvideox", "failed"): 1, ("cogvideox", "rejected"): 1,
-                ("unknown", "rejected"): 1}
-    counted = {(dict(labels)["kind"], dict(labels)["status"]): v for (name, labels), v in prom.items()
-               if name == "raypipe_videos_total"}
+    expected = {
+        ("cogvideox", "ok"): 2,
+        ("cogvideox", "failed"): 1,
+        ("cogvideox", "rejected"): 1,
+        ("unknown", "rejected"): 1,
+    }
+    counted = {
+        (dict(labels)["kind"], dict(labels)["status"]): v
+        for (name, labels), v in prom.items()
+        if name == "raypipe_videos_total"
+    }
     assert counted == expected
     for status in ("ok", "failed", "rejected"):  # the counter agrees with the metadata's statuses
         assert sum(v for (_, s), v in counted.items() if s == status) == sum(m["status"] == status for m in meta)
@@ -118,7 +146,8 @@ def test_metrics_prom_agrees_with_the_metadata(metered_run):
     assert value(prom, "raypipe_output_bytes_total", kind="cogvideox") == sum(m["bytes"] for m in ok) > 0
     assert value(prom, "raypipe_generation_seconds_count", kind="cogvideox") == len(ok)
     assert value(prom, "raypipe_generation_seconds_sum", kind="cogvideox") == pytest.approx(
-        sum(m["gen_seconds"] for m in ok), rel=1e-9)
+        sum(m["gen_seconds"] for m in ok), rel=1e-9
+    )
     for name in ("raypipe_encode_seconds", "raypipe_upload_seconds"):
         assert value(prom, f"{name}_count", kind="cogvideox") == len(ok)
         assert value(prom, f"{name}_sum", kind="cogvideox") > 0
@@ -148,8 +177,11 @@ def test_pushgateway_receives_the_final_values(metered_run):
 def test_metrics_port_serves_the_run_live(metered_run):
     scrapes = [samples(text) for text in metered_run["scrapes"]]
     assert scrapes, "nothing was ever served on --metrics-port"
-    in_flight = [s[("raypipe_rows_in_flight", (("kind", "cogvideox"),))] for s in scrapes
-                 if ("raypipe_rows_in_flight", (("kind", "cogvideox"),)) in s]
+    in_flight = [
+        s[("raypipe_rows_in_flight", (("kind", "cogvideox"),))]
+        for s in scrapes
+        if ("raypipe_rows_in_flight", (("kind", "cogvideox"),)) in s
+    ]
     assert max(in_flight) == 3  # kite, rain and broken routed to the pool, none final yet
     assert in_flight == sorted(in_flight, reverse=True)  # only ever goes down
     with pytest.raises(OSError):  # the server is gone with the run
@@ -167,7 +199,7 @@ def test_resumed_run_counts_only_its_own_rows(metered_run, tmp_path):
 
 
 def test_names_follow_prometheus_conventions():
-    for name, (kind, text, labels, buckets) in METRICS.items():
+    for name, (kind, text, _labels, buckets) in METRICS.items():
         assert name.startswith("raypipe_") and text, name
         assert name.endswith("_total") == (kind == "counter"), name
         assert (buckets is not None) == (kind == "histogram"), name
@@ -179,8 +211,16 @@ def test_names_follow_prometheus_conventions():
 def test_unreachable_pushgateway_is_a_warning(tmp_path, capsys):
     metrics = RunMetrics(pushgateway=f"http://127.0.0.1:{free_port()}")
     metrics.start({"cogvideox": 1}, ["cogvideox"])
-    metrics.observe({"id": "x", "kind": "cogvideox", "status": "ok", "gen_seconds": 1.5, "bytes": 10,
-                     "_metrics": {"encode_seconds": 0.1, "upload_seconds": 0.01}})
+    metrics.observe(
+        Metadata(
+            id="x",
+            kind="cogvideox",
+            status="ok",
+            gen_seconds=1.5,
+            bytes=10,
+            timings={"encode_seconds": 0.1, "upload_seconds": 0.01},
+        )
+    )
     metrics.finish(str(tmp_path))
     assert "pushing metrics to" in capsys.readouterr().err
     prom = samples((tmp_path / "metrics.prom").read_text())
@@ -193,8 +233,9 @@ def test_metrics_port_in_use_means_nothing_ran(tmp_path, capsys):
     with socket.socket() as taken:
         taken.bind(("0.0.0.0", 0))
         taken.listen()
-        code = main(["run", str(manifest), "--out", str(tmp_path / "out"),
-                     "--metrics-port", str(taken.getsockname()[1])])
+        code = main(
+            ["run", str(manifest), "--out", str(tmp_path / "out"), "--metrics-port", str(taken.getsockname()[1])]
+        )
     assert code == 2
     assert "--metrics-port" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()

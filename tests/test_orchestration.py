@@ -14,6 +14,7 @@ import subprocess
 import sys
 import threading
 import time
+from datetime import UTC
 from pathlib import Path
 
 import decord
@@ -75,10 +76,16 @@ def cluster(s3_endpoint):
         ray.shutdown()
     # A lost node is declared dead after ~2 s of failed health checks (Ray's default: ~15 s).
     fast_health_checks = {"health_check_period_ms": 1000, "health_check_failure_threshold": 2}
-    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 2, "include_dashboard": False,
-                                                            "_system_config": fast_health_checks})
-    env = {"AWS_ENDPOINT_URL": s3_endpoint, "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
-           "AWS_DEFAULT_REGION": "us-east-1"}
+    cluster = Cluster(
+        initialize_head=True,
+        head_node_args={"num_cpus": 2, "include_dashboard": False, "_system_config": fast_health_checks},
+    )
+    env = {
+        "AWS_ENDPOINT_URL": s3_endpoint,
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_DEFAULT_REGION": "us-east-1",
+    }
     saved = {key: os.environ.get(key) for key in env}
     os.environ.update(env)
     run.init_ray(cluster.address)
@@ -96,19 +103,26 @@ def cluster(s3_endpoint):
 
 
 def test_pools_that_do_not_fit_together_run_in_waves():
-    from raypipe.stages import STAGES
+    from raypipe.families import families
+
+    STAGES = {f.kind: f.stage for f in families()}
 
     config = load_config()
     routes = {"animatediff": 3, "cogvideox": 5}
     # two 1-CPU pools on 2 CPUs would leave nothing for the CPU stages: one after the other
     assert run.pool_waves(["animatediff", "cogvideox"], routes, config, STAGES, {"CPU": 2.0}) == [
-        ["animatediff"], ["cogvideox"]]
+        ["animatediff"],
+        ["cogvideox"],
+    ]
     assert run.pool_waves(["animatediff", "cogvideox"], routes, config, STAGES, {"CPU": 8.0}) == [
-        ["animatediff", "cogvideox"]]
+        ["animatediff", "cogvideox"]
+    ]
     gpu = load_config(str(REPO / "configs" / "gpu.yaml"))
     kinds = ["animatediff", "cogvideox", "deforum"]
     assert run.pool_waves(kinds, {k: 10 for k in kinds}, gpu, STAGES, {"CPU": 64.0, "GPU": 2.0}) == [
-        ["animatediff", "cogvideox"], ["deforum"]]
+        ["animatediff", "cogvideox"],
+        ["deforum"],
+    ]
 
 
 def test_rows_without_a_final_state_fail_the_exit_code():
@@ -119,22 +133,24 @@ def test_rows_without_a_final_state_fail_the_exit_code():
 
 
 def test_reconcile_keeps_one_row_per_id(tmp_path):
-    from datetime import datetime, timedelta, timezone
+    from datetime import datetime, timedelta
 
-    from raypipe.sink import _write_table, metadata_dir
     from raypipe.schema import empty_metadata
+    from raypipe.sink import _write_table, metadata_dir
 
     out = str(tmp_path)
-    t0 = datetime(2026, 1, 1, tzinfo=timezone.utc)
+    t0 = datetime(2026, 1, 1, tzinfo=UTC)
 
     def meta(row_id, status, minutes):
         m = empty_metadata(row_id, "cogvideox", status, "" if status == "ok" else "boom")
         m["finished_at"] = t0 + timedelta(minutes=minutes)
         return m
 
-    parts = [[meta("a", "failed", 1), meta("b", "ok", 1), meta("c", "failed", 1)],
-             [meta("a", "ok", 2), meta("c", "failed", 3), meta("b", "failed", 4)],
-             [meta("b", "ok", 1)]]  # an identical copy a crashed reconcile can leave
+    parts = [
+        [meta("a", "failed", 1), meta("b", "ok", 1), meta("c", "failed", 1)],
+        [meta("a", "ok", 2), meta("c", "failed", 3), meta("b", "failed", 4)],
+        [meta("b", "ok", 1)],
+    ]  # an identical copy a crashed reconcile can leave
     for i, metas in enumerate(parts):
         _write_table(metadata_table(metas), f"{metadata_dir(out)}/part-2026010{i}T000000000000-x-00000.parquet")
     assert reconcile(out) == 3
@@ -152,18 +168,27 @@ def test_dit_formula_matches_a_flop_count_of_cogvideox_5b():
     from diffusers import CogVideoXTransformer3DModel
     from torch.utils.flop_counter import FlopCounterMode
 
-    from raypipe.flops import COGVIDEOX_5B, dit_forward_flops
+    from raypipe.families.cogvideox.flops import COGVIDEOX_5B
+    from raypipe.flops import dit_forward_flops
 
     formula = dit_forward_flops(COGVIDEOX_5B, 49, 480, 720)
     assert abs(formula / 1e12 - 332) < 1  # the issue's figure: ~332 TFLOP per 49x480x720 forward
     meta = torch.device("meta")
     with meta:  # the released architecture, without weights
-        model = CogVideoXTransformer3DModel(num_attention_heads=48, attention_head_dim=64, num_layers=42,
-                                            sample_width=90, sample_height=60,
-                                            use_rotary_positional_embeddings=True)
+        model = CogVideoXTransformer3DModel(
+            num_attention_heads=48,
+            attention_head_dim=64,
+            num_layers=42,
+            sample_width=90,
+            sample_height=60,
+            use_rotary_positional_embeddings=True,
+        )
     with torch.no_grad(), FlopCounterMode(display=False) as counter:
-        model(torch.empty(1, 13, 16, 60, 90, device=meta), torch.empty(1, 226, 4096, device=meta),
-              torch.empty(1, device=meta))
+        model(
+            torch.empty(1, 13, 16, 60, 90, device=meta),
+            torch.empty(1, 226, 4096, device=meta),
+            torch.empty(1, device=meta),
+        )
     assert abs(formula / counter.get_total_flops() - 1) < 0.001
 
 
@@ -171,19 +196,22 @@ def test_dit_formula_matches_a_flop_count_of_cogvideox_5b():
 
 
 def test_plan_prices_rows_per_kind_and_pool(cluster, tmp_path, capsys):
-    manifest = write_jsonl(tmp_path / "plan.jsonl", [
-        {"id": "five-b", "kind": "cogvideox", "prompt": "a"},  # gpu.yaml defaults: 49x480x720, 50 steps, cfg 6
-        {"id": "two-b", "kind": "cogvideox", "prompt": "b", "model": "THUDM/CogVideoX-2b", "guidance_scale": 1.0},
-        {"id": "anim", "kind": "animatediff", "prompt": "c"},
-        {"id": "bad", "kind": "cogvideox", "num_frames": 12},
-    ])
+    manifest = write_jsonl(
+        tmp_path / "plan.jsonl",
+        [
+            {"id": "five-b", "kind": "cogvideox", "prompt": "a"},  # gpu.yaml defaults: 49x480x720, 50 steps, cfg 6
+            {"id": "two-b", "kind": "cogvideox", "prompt": "b", "model": "THUDM/CogVideoX-2b", "guidance_scale": 1.0},
+            {"id": "anim", "kind": "animatediff", "prompt": "c"},
+            {"id": "bad", "kind": "cogvideox", "num_frames": 12},
+        ],
+    )
     assert main(["plan", str(manifest), "--config", str(REPO / "configs" / "gpu.yaml"), "--json"]) == 0
     plan = json.loads(capsys.readouterr().out)
     kinds = {k["kind"]: k for k in plan["kinds"]}
     assert (plan["rows"], plan["rejected"], sorted(kinds)) == (4, 1, ["animatediff", "cogvideox"])
     cog = kinds["cogvideox"]
     # 5B: 50 steps x 2 (CFG) x 332 TFLOP; 2B without CFG: 50 x 1 x 30 layers over 226 + 13*30*45 tokens
-    two_b = 30 * (24 * 17776 * 1920 ** 2 + 4 * 17776 ** 2 * 1920) / 1e12
+    two_b = 30 * (24 * 17776 * 1920**2 + 4 * 17776**2 * 1920) / 1e12
     assert cog["tflop"] == pytest.approx(100 * 332.18 + 50 * two_b, rel=1e-3)
     assert cog["gpu_seconds"] == pytest.approx(cog["tflop"] * 1e12 / (989e12 * 0.35), rel=1e-6)
     assert (cog["rows"], cog["pool_actors"], cog["gpus_per_actor"], cog["gpus"]) == (2, "1-2", 1.0, "1-2")
@@ -194,16 +222,19 @@ def test_plan_prices_rows_per_kind_and_pool(cluster, tmp_path, capsys):
 
 
 def test_mixed_manifest_routes_each_kind_to_its_pool(cluster, tmp_path, capsys):
-    rows = [*cogvideox_rows("cog", 3),
-            {"id": "anim-0", "kind": "animatediff", "prompt": "waves"},
-            {"id": "anim-1", "kind": "animatediff", "prompt": "clouds", "num_frames": 8},
-            {"id": "cog-bad", "kind": "cogvideox", "num_frames": 12},
-            {"id": "anim-bad", "kind": "animatediff", "num_frame": 8},
-            {"id": "nope", "kind": "nosuchkind"}]
+    rows = [
+        *cogvideox_rows("cog", 3),
+        {"id": "anim-0", "kind": "animatediff", "prompt": "waves"},
+        {"id": "anim-1", "kind": "animatediff", "prompt": "clouds", "num_frames": 8},
+        {"id": "cog-bad", "kind": "cogvideox", "num_frames": 12},
+        {"id": "anim-bad", "kind": "animatediff", "num_frame": 8},
+        {"id": "nope", "kind": "nosuchkind"},
+    ]
     manifest = write_jsonl(tmp_path / "mixed.jsonl", rows)
     # half a CPU per actor: both pools fit beside the CPU stages, so they run at the same time
-    config = write_config(tmp_path / "c.yaml", {"kinds": {"cogvideox": {"num_cpus": 0.5},
-                                                          "animatediff": {"num_cpus": 0.5}}})
+    config = write_config(
+        tmp_path / "c.yaml", {"kinds": {"cogvideox": {"num_cpus": 0.5}, "animatediff": {"num_cpus": 0.5}}}
+    )
     out = tmp_path / "out"
     assert main(["run", str(manifest), "--out", str(out), "--config", config]) == 1
     assert "waves" not in capsys.readouterr().err
@@ -258,14 +289,27 @@ def test_driver_killed_mid_run_then_rerun_ends_every_row_ok_once(cluster, tmp_pa
     Ray it started (killed whole with it: every process of it at once, as when the machine dies)."""
     n = 8
     # rows of a second or so each, so that the driver dies while most are still to do
-    rows = [{**row, "num_frames": 25, "height": 96, "width": 96, "num_inference_steps": 16}
-            for row in cogvideox_rows("crash", n)]
+    rows = [
+        {**row, "num_frames": 25, "height": 96, "width": 96, "num_inference_steps": 16}
+        for row in cogvideox_rows("crash", n)
+    ]
     manifest = write_jsonl(tmp_path / "crash.jsonl", rows)
     config = write_config(tmp_path / "c.yaml", {"metadata_flush_rows": 1})
     out = tmp_path / "out"
     videos = out / "videos"
-    command = [sys.executable, "-m", "raypipe.cli", "run", str(manifest), "--out", str(out), "--config", config,
-               "--address", cluster.address if ray_of_the_run == "cluster" else "local"]
+    command = [
+        sys.executable,
+        "-m",
+        "raypipe.cli",
+        "run",
+        str(manifest),
+        "--out",
+        str(out),
+        "--config",
+        config,
+        "--address",
+        cluster.address if ray_of_the_run == "cluster" else "local",
+    ]
     with open(tmp_path / "first.log", "wb") as log:
         driver = subprocess.Popen(command, cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + 240
@@ -314,8 +358,9 @@ def test_a_row_that_kills_its_worker_every_time_fails_alone(cluster, tmp_path):
     rows = cogvideox_rows("p", 2)
     rows.insert(1, {"id": "poison", "kind": "cogvideox", "prompt": POISON})
     manifest = write_jsonl(tmp_path / "poison.jsonl", rows)
-    config = load_config(write_config(tmp_path / "c.yaml", {"max_row_attempts": 2,
-                                                             "kinds": {"cogvideox": {"batch_size": 2}}}))
+    config = load_config(
+        write_config(tmp_path / "c.yaml", {"max_row_attempts": 2, "kinds": {"cogvideox": {"batch_size": 2}}})
+    )
     out = tmp_path / "out"
     summary = run.run([str(manifest)], str(out), config, stages={"cogvideox": "tests.faulty_stage:PoisonCogVideoX"})
     assert (summary.by_status, summary.exit_code) == ({"ok": 2, "failed": 1, "rejected": 0}, 1)
@@ -347,11 +392,16 @@ def test_node_lost_mid_run_costs_only_the_rows_in_flight(cluster, tmp_path):
     cluster.wait_for_nodes()
     shutil.rmtree(MARKS, ignore_errors=True)
     n = 6
-    rows = [{**row, "num_frames": 17, "height": 96, "width": 96, "num_inference_steps": 20}
-            for row in cogvideox_rows("node", n)]
+    rows = [
+        {**row, "num_frames": 17, "height": 96, "width": 96, "num_inference_steps": 20}
+        for row in cogvideox_rows("node", n)
+    ]
     manifest = write_jsonl(tmp_path / "node.jsonl", rows)
-    config = load_config(write_config(tmp_path / "c.yaml", {
-        "metadata_flush_rows": 1, "kinds": {"cogvideox": {"resources": {"pool_node": 1}}}}))
+    config = load_config(
+        write_config(
+            tmp_path / "c.yaml", {"metadata_flush_rows": 1, "kinds": {"cogvideox": {"resources": {"pool_node": 1}}}}
+        )
+    )
     out = tmp_path / "out"
     lost = {}
 

@@ -28,16 +28,29 @@ from raypipe.sink import metadata_table, read_metadata
 from tests.conftest import REPO, write_jsonl
 
 CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                  "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                  "--hide-scrollbars", "--mute-audio"]
+CHROMIUM_FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--hide-scrollbars",
+    "--mute-audio",
+]
 
 DEMO = [json.loads(line) for line in (REPO / "manifests" / "demo.jsonl").read_text().splitlines() if line.strip()]
 EXTRA = [
     {"id": "bad-frames", "kind": "cogvideox", "prompt": "twelve frames", "num_frames": 12},  # rejected
     # Fails while generating (its model folder does not exist); its prompt tries to break the page.
-    {"id": "broken-model", "kind": "cogvideox", "prompt": "a <b>bold</b> </script> prompt",
-     "model": "/nonexistent/model/dir"},
+    {
+        "id": "broken-model",
+        "kind": "cogvideox",
+        "prompt": "a <b>bold</b> </script> prompt",
+        "model": "/nonexistent/model/dir",
+    },
 ]
 ALL_IDS = {row["id"] for row in DEMO + EXTRA}
 
@@ -50,7 +63,10 @@ def chromium():
             pytest.fail(f"{CHROMIUM} is missing: install it as root (apt-get install -y chromium)")
         env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
         wait_lock = ["-o", "DPkg::Lock::Timeout=300"]
-        for cmd in (["apt-get", *wait_lock, "update", "-q"], ["apt-get", *wait_lock, "install", "-y", "-q", "chromium"]):
+        for cmd in (
+            ["apt-get", *wait_lock, "update", "-q"],
+            ["apt-get", *wait_lock, "install", "-y", "-q", "chromium"],
+        ):
             proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900)
             assert proc.returncode == 0, f"{' '.join(cmd)}:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
     return CHROMIUM
@@ -59,8 +75,12 @@ def chromium():
 def browse(url: str, *flags: str) -> str:
     """Run headless Chromium on `url` with a fresh profile; returns its stdout."""
     with tempfile.TemporaryDirectory(prefix="raypipe-chromium-") as profile:
-        proc = subprocess.run([CHROMIUM, *CHROMIUM_FLAGS, f"--user-data-dir={profile}", *flags, url],
-                              capture_output=True, text=True, timeout=120)
+        proc = subprocess.run(
+            [CHROMIUM, *CHROMIUM_FLAGS, f"--user-data-dir={profile}", *flags, url],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
     assert proc.returncode == 0, proc.stderr[-3000:]
     return proc.stdout
 
@@ -125,8 +145,14 @@ def report_run(ray_local, tmp_path_factory):
         run_code = main(["run", str(manifest), "--out", str(out)])
         report_code = main(["report", str(out)])
     meta = {row["id"]: row for row in read_metadata(str(out)).to_pylist()}
-    return SimpleNamespace(out=out, html=out / "report.html", meta=meta, run_code=run_code,
-                           report_code=report_code, printed=printed.getvalue())
+    return SimpleNamespace(
+        out=out,
+        html=out / "report.html",
+        meta=meta,
+        run_code=run_code,
+        report_code=report_code,
+        printed=printed.getvalue(),
+    )
 
 
 def test_report_of_a_run_renders_every_row_in_chromium(report_run, chromium, tmp_path):
@@ -154,8 +180,11 @@ def test_report_of_a_run_renders_every_row_in_chromium(report_run, chromium, tmp
         assert page.card_videos[row_id] == f"videos/{row_id}.mp4"
         assert (run.html.parent / page.card_videos[row_id]).is_file()
     # The summary counts what the metadata holds.
-    assert re.search(r"<td>cogvideox</td><td class=\"num\">4</td><td class=\"num\">1</td>"
-                     r"<td class=\"num\">1</td><td class=\"num\">6</td>", page.dom)
+    assert re.search(
+        r"<td>cogvideox</td><td class=\"num\">4</td><td class=\"num\">1</td>"
+        r"<td class=\"num\">1</td><td class=\"num\">6</td>",
+        page.dom,
+    )
     video_seconds = sum(run.meta[i]["duration_s"] for i in ok_ids)
     assert f"{video_seconds:.1f} s (" in page.dom
 
@@ -246,8 +275,15 @@ def test_thousands_of_rows_are_paged(report_run, chromium, tmp_path):
     for i in range(1200):
         row_id = f"bulk-{i:05d}"
         failed = i % 10 == 0
-        metas.append({**template, "id": row_id, "prompt": f"prompt number {i}", "status": "failed" if failed else "ok",
-                      "error": f"RuntimeError: row {i} failed" if failed else ""})
+        metas.append(
+            {
+                **template,
+                "id": row_id,
+                "prompt": f"prompt number {i}",
+                "status": "failed" if failed else "ok",
+                "error": f"RuntimeError: row {i} failed" if failed else "",
+            }
+        )
         if not failed:
             os.link(source, out / "videos" / f"{row_id}.mp4")
     pq.write_table(metadata_table(metas), out / "metadata" / "part-bulk.parquet")
@@ -265,7 +301,7 @@ def test_thousands_of_rows_are_paged(report_run, chromium, tmp_path):
     pages = -(-len(ok_ids) // CARDS_PER_PAGE)
     assert f"page 1 of {pages} (1080 rows)" in first.dom
     third = dump_dom(html, "#page=3")
-    assert third.cards == ok_ids[2 * CARDS_PER_PAGE:3 * CARDS_PER_PAGE]
+    assert third.cards == ok_ids[2 * CARDS_PER_PAGE : 3 * CARDS_PER_PAGE]
     found = dump_dom(html, "#q=" + urllib.parse.quote("number 1087"))
     assert found.cards == ["bulk-01087"] and found.failures == {}
 

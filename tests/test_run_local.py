@@ -14,8 +14,16 @@ from tests.conftest import write_jsonl
 
 GOOD = [
     {"id": "t2v-a", "kind": "cogvideox", "prompt": "a red kite over a beach"},
-    {"id": "t2v-b", "kind": "cogvideox", "prompt": "rain on a window", "num_frames": 17, "height": 48, "width": 80,
-     "fps": 12, "seed": 3},
+    {
+        "id": "t2v-b",
+        "kind": "cogvideox",
+        "prompt": "rain on a window",
+        "num_frames": 17,
+        "height": 48,
+        "width": 80,
+        "fps": 12,
+        "seed": 3,
+    },
 ]
 BAD = [
     {"id": "typo", "kind": "cogvideox", "num_frame": 9},
@@ -25,7 +33,7 @@ BAD = [
     "this is not json",
     {"id": "t2v-a", "kind": "cogvideox"},
     # A row that raises during generation: its model cannot be loaded.
-    {"id": "broken", "kind": "cogvideox", "model": "/nonexistent/model/dir"},
+    {"id": "broken", "kind": "cogvideox", "prompt": "a red kite", "model": "/nonexistent/model/dir"},
 ]
 
 
@@ -47,8 +55,17 @@ def test_one_metadata_row_per_manifest_line(first_run):
     table = pq.read_table(out / "metadata")  # a plain Parquet dataset for any reader
     ids = table.column("id").to_pylist()
     assert len(ids) == len(GOOD) + len(BAD) == len(set(ids))
-    assert set(ids) == {"t2v-a", "t2v-b", "typo", "frames", "size", "mixed.jsonl:6", "mixed.jsonl:7",
-                        "mixed.jsonl:8", "broken"}
+    assert set(ids) == {
+        "t2v-a",
+        "t2v-b",
+        "typo",
+        "frames",
+        "size",
+        "mixed.jsonl:6",
+        "mixed.jsonl:7",
+        "mixed.jsonl:8",
+        "broken",
+    }
     assert code == 1  # finished, some rows failed or were rejected
 
 

@@ -13,10 +13,10 @@ from PIL import Image
 
 from raypipe.cli import main
 from raypipe.config import load_config
+from raypipe.families.sdxl_video.stage import SDXLVideoStage
 from raypipe.models.tiny import tiny_path
 from raypipe.schema import validate_row
 from raypipe.sink import read_metadata
-from raypipe.stages.sdxl_video import SDXLVideoStage
 from tests.conftest import write_jsonl
 
 # The plain SDXL pipeline and the inflated one compute the same per-frame ops in the same
@@ -61,19 +61,34 @@ def saved_dir(video_pipe, tmp_path_factory):
 GOOD = [
     {"id": "rep1", "kind": "sdxl_video", "prompt": "a red kite over a beach", "num_repeats": 1},
     {"id": "rep2", "kind": "sdxl_video", "prompt": "rain on a window"},  # num_repeats 2 from the config
-    {"id": "rep3", "kind": "sdxl_video", "prompt": "waves", "num_repeats": 3, "num_frames": 3,
-     "num_conditioning_frames": 3, "height": 48, "width": 80, "fps": 12},
+    {
+        "id": "rep3",
+        "kind": "sdxl_video",
+        "prompt": "waves",
+        "num_repeats": 3,
+        "num_frames": 3,
+        "num_conditioning_frames": 3,
+        "height": 48,
+        "width": 80,
+        "fps": 12,
+    },
     {"id": "inflated", "kind": "sdxl_video", "prompt": "a cat", "num_repeats": 1, "model": "tiny:sdxl"},
 ]
 BAD = [
-    ({"id": "cond-gt-frames", "kind": "sdxl_video", "num_frames": 4, "num_conditioning_frames": 5},
-     "num_conditioning_frames: must not exceed num_frames (4), got 5"),
+    (
+        {"id": "cond-gt-frames", "kind": "sdxl_video", "num_frames": 4, "num_conditioning_frames": 5},
+        "num_conditioning_frames: must not exceed num_frames (4), got 5",
+    ),
     ({"id": "zero-repeats", "kind": "sdxl_video", "num_repeats": 0}, "num_repeats: Input should be greater than"),
-    ({"id": "zero-cond", "kind": "sdxl_video", "num_conditioning_frames": 0},
-     "num_conditioning_frames: Input should be greater than"),
+    (
+        {"id": "zero-cond", "kind": "sdxl_video", "num_conditioning_frames": 0},
+        "num_conditioning_frames: Input should be greater than",
+    ),
     ({"id": "zero-frames", "kind": "sdxl_video", "num_frames": 0}, "num_frames: must be positive"),
-    ({"id": "strength", "kind": "sdxl_video", "conditioning_strength": -0.5},
-     "conditioning_strength: Input should be greater than"),
+    (
+        {"id": "strength", "kind": "sdxl_video", "conditioning_strength": -0.5},
+        "conditioning_strength: Input should be greater than",
+    ),
     ({"id": "size", "kind": "sdxl_video", "width": 60}, "width: must be a multiple of 8"),
     ({"id": "typo", "kind": "sdxl_video", "num_repeat": 3}, "num_repeat: unknown field"),
     ({"id": "empty-image", "kind": "sdxl_video", "image": ""}, "image: must be a URI"),
@@ -83,13 +98,17 @@ BAD = [
 @pytest.fixture(scope="module")
 def run(ray_local, tmp_path_factory, saved_dir):
     tmp = tmp_path_factory.mktemp("sdxl_video_run")
-    rows = GOOD + [
-        {"id": "img", "kind": "sdxl_video", "prompt": "a lighthouse", "image": write_image(tmp / "init.png", 0)},
-        {"id": "missing-image", "kind": "sdxl_video", "image": str(tmp / "nope.png")},
-        # the round trip: the same row on the reloaded checkpoint, through the stage's from_pretrained
-        {"id": "saved", "kind": "sdxl_video", "prompt": "rain on a window", "seed": 5, "model": str(saved_dir)},
-        {"id": "original", "kind": "sdxl_video", "prompt": "rain on a window", "seed": 5},
-    ] + [row for row, _ in BAD]
+    rows = (
+        GOOD
+        + [
+            {"id": "img", "kind": "sdxl_video", "prompt": "a lighthouse", "image": write_image(tmp / "init.png", 0)},
+            {"id": "missing-image", "kind": "sdxl_video", "image": str(tmp / "nope.png")},
+            # the round trip: the same row on the reloaded checkpoint, through the stage's from_pretrained
+            {"id": "saved", "kind": "sdxl_video", "prompt": "rain on a window", "seed": 5, "model": str(saved_dir)},
+            {"id": "original", "kind": "sdxl_video", "prompt": "rain on a window", "seed": 5},
+        ]
+        + [row for row, _ in BAD]
+    )
     out = tmp / "out"
     code = main(["run", str(write_jsonl(tmp / "sdxl_video.jsonl", rows)), "--out", str(out)])
     return out, code, {m["id"]: m for m in read_metadata(str(out)).to_pylist()}
@@ -131,8 +150,10 @@ def test_saved_checkpoint_makes_the_same_video(run, saved_dir):
     # The same frames up to float rounding. Usually the H.264 bytes are identical too, but not
     # always (one CI run: CPU kernels may round differently between two loads of the same weights,
     # and one flipped level changes the hash); different weights would differ by tens of levels.
-    videos = [decord.VideoReader(str(out / "videos" / f"{name}.mp4")).get_batch(list(range(8))).asnumpy()
-              for name in ("saved", "original")]
+    videos = [
+        decord.VideoReader(str(out / "videos" / f"{name}.mp4")).get_batch(list(range(8))).asnumpy()
+        for name in ("saved", "original")
+    ]
     assert videos[0].shape == videos[1].shape == (8, 64, 64, 3)
     assert np.abs(videos[0].astype(np.int16) - videos[1].astype(np.int16)).mean() < 1.0
 
@@ -167,15 +188,27 @@ def test_zero_init_video_pipeline_equals_sdxl_per_frame():
 
     frames = 4
     noise = torch.randn(frames, 4, 8, 8, generator=torch.Generator().manual_seed(0))
-    common = dict(prompt="a red kite", negative_prompt="blurry", height=64, width=64, num_inference_steps=2,
-                  guidance_scale=5.0)
-    images = sdxl(**common, num_images_per_prompt=frames, latents=noise, output_type="np",
-                  generator=torch.Generator().manual_seed(1)).images
+    common = dict(
+        prompt="a red kite", negative_prompt="blurry", height=64, width=64, num_inference_steps=2, guidance_scale=5.0
+    )
+    images = sdxl(
+        **common,
+        num_images_per_prompt=frames,
+        latents=noise,
+        output_type="np",
+        generator=torch.Generator().manual_seed(1),
+    ).images
     assert images.shape == (frames, 64, 64, 3) and images.std() > 0.01
     conditioning = torch.randn(1, 2, 4, 8, 8, generator=torch.Generator().manual_seed(2))
     for cond in (None, conditioning):
-        out = video(**common, num_frames=frames, latents=noise[None], conditioning_latents=cond,
-                    generator=torch.Generator().manual_seed(1), decode_chunk_size=3)
+        out = video(
+            **common,
+            num_frames=frames,
+            latents=noise[None],
+            conditioning_latents=cond,
+            generator=torch.Generator().manual_seed(1),
+            decode_chunk_size=3,
+        )
         assert out.frames.shape == (1, frames, 64, 64, 3)
         assert np.abs(out.frames[0] - images).max() <= EQUIVALENCE_ATOL
 
@@ -187,6 +220,7 @@ def test_save_load_round_trip(video_pipe, saved_dir):
     assert model_index["unet"] == ["raypipe.models.sdxl_video", "SDXLVideoUNet"]
     loaded = SDXLVideoPipeline.from_pretrained(str(saved_dir))
     loaded.set_progress_bar_config(disable=True)
+
     def public(config):
         return {k: v for k, v in config.items() if not k.startswith("_")}
 
@@ -198,16 +232,34 @@ def test_save_load_round_trip(video_pipe, saved_dir):
     # the tiny checkpoint's temporal modules act (random output projections, as if trained)
     assert all(torch.count_nonzero(m.proj_out.weight) > 0 for m in loaded.unet.temporal_modules())
     conditioning = torch.randn(1, 2, 4, 8, 8, generator=torch.Generator().manual_seed(3))
-    a, b = [pipe("a cat", num_frames=3, height=64, width=64, num_inference_steps=2, conditioning_latents=conditioning,
-                 generator=torch.Generator().manual_seed(4)).frames for pipe in (video_pipe, loaded)]
+    a, b = [
+        pipe(
+            "a cat",
+            num_frames=3,
+            height=64,
+            width=64,
+            num_inference_steps=2,
+            conditioning_latents=conditioning,
+            generator=torch.Generator().manual_seed(4),
+        ).frames
+        for pipe in (video_pipe, loaded)
+    ]
     assert np.array_equal(a, b)
 
 
 def test_conditioning_latents_and_strength(video_pipe):
     def chunk(cond, strength=1.0):
-        return video_pipe("a cat", num_frames=4, height=64, width=64, num_inference_steps=2, output_type="latent",
-                          conditioning_latents=cond, conditioning_strength=strength,
-                          generator=torch.Generator().manual_seed(0)).latents
+        return video_pipe(
+            "a cat",
+            num_frames=4,
+            height=64,
+            width=64,
+            num_inference_steps=2,
+            output_type="latent",
+            conditioning_latents=cond,
+            conditioning_strength=strength,
+            generator=torch.Generator().manual_seed(0),
+        ).latents
 
     cond_a, cond_b = torch.randn(2, 1, 2, 4, 8, 8, generator=torch.Generator().manual_seed(1))
     unconditioned = chunk(None)
@@ -237,8 +289,11 @@ def test_a_longer_video_continues_the_shorter_one(stage):
 
 def test_init_image_is_the_first_conditioning(stage, tmp_path):
     image_a, image_b = write_image(tmp_path / "a.png", 1), write_image(tmp_path / "b.png", 2)
-    rows = [sdxl_row(id=f"{name}-{s}", image=image, conditioning_strength=s)
-            for s in (1.0, 0.0) for name, image in (("a", image_a), ("b", image_b))]
+    rows = [
+        sdxl_row(id=f"{name}-{s}", image=image, conditioning_strength=s)
+        for s in (1.0, 0.0)
+        for name, image in (("a", image_a), ("b", image_b))
+    ]
     a1, b1, a0, b0 = [r.frames for r in stage.process(rows)]
     assert a1.shape == (8, 64, 64, 3)
     assert not np.array_equal(a1[:4], b1[:4])  # the first chunk already depends on the image
@@ -281,11 +336,13 @@ def sdxl_lora_dir(tmp_path_factory):
 
 def test_row_loras_act_at_their_weights(stage, sdxl_lora_dir):
     weights_file = str(sdxl_lora_dir / "pytorch_lora_weights.safetensors")
-    rows = [sdxl_row(id="plain", num_repeats=1),
-            sdxl_row(id="lora-1", num_repeats=1, lora=[{"path": str(sdxl_lora_dir), "weight": 1.0}]),
-            sdxl_row(id="lora-0", num_repeats=1, lora=[{"path": weights_file, "weight": 0.0}]),
-            sdxl_row(id="plain-again", num_repeats=1),
-            sdxl_row(id="missing", num_repeats=1, lora=[{"path": "/nonexistent/lora.safetensors"}])]
+    rows = [
+        sdxl_row(id="plain", num_repeats=1),
+        sdxl_row(id="lora-1", num_repeats=1, lora=[{"path": str(sdxl_lora_dir), "weight": 1.0}]),
+        sdxl_row(id="lora-0", num_repeats=1, lora=[{"path": weights_file, "weight": 0.0}]),
+        sdxl_row(id="plain-again", num_repeats=1),
+        sdxl_row(id="missing", num_repeats=1, lora=[{"path": "/nonexistent/lora.safetensors"}]),
+    ]
     plain, lora1, lora0, again, missing = stage.process(rows)
     assert json.loads(lora1.meta["params_json"])["lora"] == [{"path": str(sdxl_lora_dir), "weight": 1.0}]
     assert not np.array_equal(lora1.frames, plain.frames)

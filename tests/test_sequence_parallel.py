@@ -50,12 +50,11 @@ def rejection(row_obj, config=BASE, nodes=None):
 
 def test_degree_must_divide_heads_and_latent_rows():
     # tiny CogVideoX: 4 heads, 8x VAE, 2x2 patches: height 64 -> 4 rows of tokens, 128 -> 8
-    assert rejection(row("r", sp_degree=3)) == \
-        "sp_degree: must divide the 4 attention heads of tiny:cogvideox, got 3"
-    assert rejection(row("r", sp_degree=8, height=128)).startswith(
-        "sp_degree: must divide the 4 attention heads")
-    assert rejection(row("r", sp_degree=4, height=48)) == \
-        ("sp_degree: must divide the latent rows (height 48 / 8 (VAE) / 2 (patch) = 3 rows of tokens), got 4")
+    assert rejection(row("r", sp_degree=3)) == "sp_degree: must divide the 4 attention heads of tiny:cogvideox, got 3"
+    assert rejection(row("r", sp_degree=8, height=128)).startswith("sp_degree: must divide the 4 attention heads")
+    assert rejection(row("r", sp_degree=4, height=48)) == (
+        "sp_degree: must divide the latent rows (height 48 / 8 (VAE) / 2 (patch) = 3 rows of tokens), got 4"
+    )
     check_sequence_parallel(row("r", sp_degree=4), BASE, nodes=[{"CPU": 2.0}])  # 4 heads, 4 rows: fine
     check_sequence_parallel(row("r", sp_degree=1, height=48), BASE, nodes=[])  # sp 1: nothing to check
 
@@ -64,26 +63,34 @@ def test_cfg_parallel_doubles_the_gang_and_needs_cfg():
     cfg = kind_config(cfg_parallel=True, rank_num_cpus=0.5)
     assert parallel.gang_ranks(2, cfg) == 4
     assert rejection(row("r", sp_degree=2, guidance_scale=1.0), cfg, nodes=[{"CPU": 8.0}]).startswith(
-        "guidance_scale: CFG parallel (sp.cfg_parallel) splits the two CFG branches and needs guidance_scale > 1")
+        "guidance_scale: CFG parallel (sp.cfg_parallel) splits the two CFG branches and needs guidance_scale > 1"
+    )
     # 2 ranks x 0.5 CPU fit a 1.5-CPU node; with CFG parallel, 4 ranks do not
     check_sequence_parallel(row("r", sp_degree=2), kind_config(rank_num_cpus=0.5), nodes=[{"CPU": 1.5}])
     assert rejection(row("r", sp_degree=2), cfg, nodes=[{"CPU": 1.5}, {"CPU": 1.0}]) == (
         "sp_degree: a gang of 4 ranks (x2 for CFG parallel) x 0.5 CPU needs 2 CPU on one node "
-        "(placement STRICT_PACK), but the largest node has 1.5 CPU (alive nodes: 1.5, 1)")
+        "(placement STRICT_PACK), but the largest node has 1.5 CPU (alive nodes: 1.5, 1)"
+    )
 
 
 def test_gang_larger_than_any_gpu_node_is_refused_with_the_numbers():
     gpu = KindConfig(model="tiny:cogvideox", device="cuda", num_gpus=1, num_cpus=4)
     nodes = [{"CPU": 96.0, "GPU": 8.0}, {"CPU": 96.0, "GPU": 8.0}]
     check_sequence_parallel(row("r", sp_degree=4), gpu, nodes=nodes)  # 4 GPUs on one node
-    error = rejection(row("r", sp_degree=4, height=128), gpu.model_copy(update={"sp": gpu.sp.model_copy(
-        update={"cfg_parallel": True, "rank_num_cpus": 30})}), nodes=nodes)
-    assert error == ("sp_degree: a gang of 8 ranks (x2 for CFG parallel) x 30 CPU needs 240 CPU on one node "
-                     "(placement STRICT_PACK), but the largest node has 96 CPU (alive nodes: 96, 96)")
+    error = rejection(
+        row("r", sp_degree=4, height=128),
+        gpu.model_copy(update={"sp": gpu.sp.model_copy(update={"cfg_parallel": True, "rank_num_cpus": 30})}),
+        nodes=nodes,
+    )
+    assert error == (
+        "sp_degree: a gang of 8 ranks (x2 for CFG parallel) x 30 CPU needs 240 CPU on one node "
+        "(placement STRICT_PACK), but the largest node has 96 CPU (alive nodes: 96, 96)"
+    )
     spread = gpu.model_copy(update={"sp": gpu.sp.model_copy(update={"placement_strategy": "PACK"})})
     check_sequence_parallel(row("r", sp_degree=4), spread, nodes=[{"CPU": 8.0, "GPU": 2.0}] * 2)
     assert "needs 4 GPU, but the cluster has 3 GPU" in rejection(
-        row("r", sp_degree=4), spread, nodes=[{"CPU": 8.0, "GPU": 2.0}, {"CPU": 8.0, "GPU": 1.0}])
+        row("r", sp_degree=4), spread, nodes=[{"CPU": 8.0, "GPU": 2.0}, {"CPU": 8.0, "GPU": 1.0}]
+    )
 
 
 # ---- a gang in a real local Ray ---------------------------------------------------------------
@@ -92,7 +99,7 @@ def test_gang_larger_than_any_gpu_node_is_refused_with_the_numbers():
 @pytest.fixture(scope="module")
 def stage(ray_local):
     """A CogVideoX stage driven directly (no Ray Data), as a pool actor would drive it."""
-    from raypipe.stages.cogvideox import CogVideoXStage
+    from raypipe.families.cogvideox.stage import CogVideoXStage
 
     s = CogVideoXStage(kind_config(row_timeout_s=120, start_timeout_s=180, retries=1))
     s.setup()
@@ -160,12 +167,15 @@ def test_a_stuck_gang_fails_the_row_with_the_reason_and_never_hangs(stage):
 
 
 def test_run_with_sp_degree_1_and_2_gives_the_same_video(ray_local, tmp_path):
-    manifest = write_jsonl(tmp_path / "sp.jsonl", [
-        {"id": "kite-sp1", **ROW},
-        {"id": "kite-sp2", **ROW, "sp_degree": 2},
-        {"id": "bad-degree", **ROW, "sp_degree": 3},
-        {"id": "bad-rows", **ROW, "sp_degree": 4, "height": 48},
-    ])
+    manifest = write_jsonl(
+        tmp_path / "sp.jsonl",
+        [
+            {"id": "kite-sp1", **ROW},
+            {"id": "kite-sp2", **ROW, "sp_degree": 2},
+            {"id": "bad-degree", **ROW, "sp_degree": 3},
+            {"id": "bad-rows", **ROW, "sp_degree": 4, "height": 48},
+        ],
+    )
     out = tmp_path / "out"
     assert main(["run", str(manifest), "--out", str(out)]) == 1  # two rows rejected
     meta = {m["id"]: m for m in read_metadata(str(out)).to_pylist()}
@@ -175,8 +185,10 @@ def test_run_with_sp_degree_1_and_2_gives_the_same_video(ray_local, tmp_path):
     assert meta["kite-sp1"]["status"] == meta["kite-sp2"]["status"] == "ok", meta["kite-sp2"]["error"]
     assert (meta["kite-sp1"]["sp_degree"], meta["kite-sp2"]["sp_degree"]) == (1, 2)
     assert json.loads(meta["kite-sp2"]["params_json"])["sp_backend"] == "ulysses-gloo"
-    videos = [decord.VideoReader(str(out / "videos" / f"{name}.mp4")).get_batch(range(9)).asnumpy().astype(int)
-              for name in ("kite-sp1", "kite-sp2")]
+    videos = [
+        decord.VideoReader(str(out / "videos" / f"{name}.mp4")).get_batch(range(9)).asnumpy().astype(int)
+        for name in ("kite-sp1", "kite-sp2")
+    ]
     assert videos[0].shape == videos[1].shape == (9, 64, 64, 3)
     diff = np.abs(videos[0] - videos[1])
     assert diff.max() <= MP4_MAX_DIFF and diff.mean() <= MP4_MEAN_DIFF, (diff.max(), diff.mean())
@@ -185,5 +197,7 @@ def test_run_with_sp_degree_1_and_2_gives_the_same_video(ray_local, tmp_path):
 def test_a_gang_larger_than_the_real_nodes_is_refused(ray_local):
     # the node sizes come from the running Ray (2 CPUs here)
     error = rejection(row("r", sp_degree=2), kind_config(rank_num_cpus=1.5))
-    assert error == ("sp_degree: a gang of 2 ranks x 1.5 CPU needs 3 CPU on one node (placement STRICT_PACK), "
-                     "but the largest node has 2 CPU (alive nodes: 2)")
+    assert error == (
+        "sp_degree: a gang of 2 ranks x 1.5 CPU needs 3 CPU on one node (placement STRICT_PACK), "
+        "but the largest node has 2 CPU (alive nodes: 2)"
+    )

@@ -18,7 +18,7 @@ def moving_shapes(num_frames: int = 16, height: int = 64, width: int = 64) -> np
     frames = np.empty((num_frames, height, width, 3), dtype=np.uint8)
     for i in range(num_frames):
         frame = np.stack([40 + 120 * ys / height, 60 + 80 * xs / width, np.full_like(xs, 140.0)], axis=-1)
-        frame[height // 2:height - 8, 8:28] = (30, 30, 40)  # a square that stays put
+        frame[height // 2 : height - 8, 8:28] = (30, 30, 40)  # a square that stays put
         cx, cy = 8 + (width - 16) * i / max(1, num_frames - 1), height / 3
         frame[(xs - cx) ** 2 + (ys - cy) ** 2 <= 64] = (250, 230, 120)  # a disc crossing the frame
         frames[i] = frame.astype(np.uint8)

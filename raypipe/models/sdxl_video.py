@@ -16,7 +16,7 @@ from SDXL (`SDXLVideoUNet.from_unet2d`, `SDXLVideoPipeline.from_sdxl`) makes, be
 training, exactly the frames that SDXL alone makes from the same latents.
 
 `SDXLVideoPipeline.__call__` makes one chunk of `num_frames` frames, optionally conditioned on
-earlier latents; the long-video loop (num_repeats + 1 calls) is in raypipe/stages/sdxl_video.py.
+earlier latents; the long-video loop (num_repeats + 1 calls) is in raypipe/families/sdxl_video/stage.py.
 Latent videos are laid out [batch, frames, channels, height, width], so a one-video chunk has
 the memory layout of an SDXL batch of `num_frames` images: the same seed draws the same noise.
 """
@@ -75,8 +75,14 @@ class TemporalBlock(torch.nn.Module):
     def __init__(self, dim: int, num_attention_heads: int, cross_attention_dim: int | None = None):
         super().__init__()
         self.norm1 = torch.nn.LayerNorm(dim)
-        self.attn = Attention(query_dim=dim, cross_attention_dim=cross_attention_dim, heads=num_attention_heads,
-                              dim_head=dim // num_attention_heads, bias=False, out_bias=True)
+        self.attn = Attention(
+            query_dim=dim,
+            cross_attention_dim=cross_attention_dim,
+            heads=num_attention_heads,
+            dim_head=dim // num_attention_heads,
+            bias=False,
+            out_bias=True,
+        )
         self.norm2 = torch.nn.LayerNorm(dim)
         self.ff = FeedForward(dim, activation_fn="geglu")
 
@@ -93,13 +99,11 @@ class TemporalTransformer(ModelMixin, ConfigMixin):
     """
 
     @register_to_config
-    def __init__(self, in_channels: int, num_attention_heads: int = 8, num_layers: int = 1,
-                 norm_num_groups: int = 32):
+    def __init__(self, in_channels: int, num_attention_heads: int = 8, num_layers: int = 1, norm_num_groups: int = 32):
         super().__init__()
         self.norm = torch.nn.GroupNorm(norm_num_groups, in_channels, eps=1e-6)
         self.proj_in = torch.nn.Linear(in_channels, in_channels)
-        self.blocks = torch.nn.ModuleList(
-            [TemporalBlock(in_channels, num_attention_heads) for _ in range(num_layers)])
+        self.blocks = torch.nn.ModuleList([TemporalBlock(in_channels, num_attention_heads) for _ in range(num_layers)])
         self.proj_out = torch.nn.Linear(in_channels, in_channels)
         torch.nn.init.zeros_(self.proj_out.weight)
         torch.nn.init.zeros_(self.proj_out.bias)
@@ -126,8 +130,15 @@ class TemporalConditioner(ModelMixin, ConfigMixin):
     """
 
     @register_to_config
-    def __init__(self, in_channels: int, conditioning_channels: int = 4, num_attention_heads: int = 8,
-                 num_layers: int = 1, norm_num_groups: int = 32, max_conditioning_frames: int = 16):
+    def __init__(
+        self,
+        in_channels: int,
+        conditioning_channels: int = 4,
+        num_attention_heads: int = 8,
+        num_layers: int = 1,
+        norm_num_groups: int = 32,
+        max_conditioning_frames: int = 16,
+    ):
         super().__init__()
         self.norm = torch.nn.GroupNorm(norm_num_groups, in_channels, eps=1e-6)
         self.proj_in = torch.nn.Linear(in_channels, in_channels)
@@ -135,22 +146,27 @@ class TemporalConditioner(ModelMixin, ConfigMixin):
         before_chunk = torch.arange(-max_conditioning_frames, 0)
         self.conditioning_positions = torch.nn.Parameter(sinusoidal_positions(before_chunk, in_channels))
         self.blocks = torch.nn.ModuleList(
-            [TemporalBlock(in_channels, num_attention_heads, cross_attention_dim=in_channels)
-             for _ in range(num_layers)])
+            [
+                TemporalBlock(in_channels, num_attention_heads, cross_attention_dim=in_channels)
+                for _ in range(num_layers)
+            ]
+        )
         self.proj_out = torch.nn.Linear(in_channels, in_channels)
         torch.nn.init.zeros_(self.proj_out.weight)
         torch.nn.init.zeros_(self.proj_out.bias)
 
-    def forward(self, hidden_states: torch.Tensor, num_frames: int, conditioning: torch.Tensor,
-                scale: float = 1.0) -> torch.Tensor:
+    def forward(
+        self, hidden_states: torch.Tensor, num_frames: int, conditioning: torch.Tensor, scale: float = 1.0
+    ) -> torch.Tensor:
         batch_frames, _, height, width = hidden_states.shape
         batch, cond_frames = conditioning.shape[:2]
         if batch * num_frames != batch_frames:
-            raise ValueError(f"conditioning latents are for {batch} videos, the chunk has "
-                             f"{batch_frames // num_frames}")
+            raise ValueError(f"conditioning latents are for {batch} videos, the chunk has {batch_frames // num_frames}")
         if cond_frames > self.config.max_conditioning_frames:
-            raise ValueError(f"num_conditioning_frames: {cond_frames} is more than this model supports "
-                             f"({self.config.max_conditioning_frames})")
+            raise ValueError(
+                f"num_conditioning_frames: {cond_frames} is more than this model supports "
+                f"({self.config.max_conditioning_frames})"
+            )
         x = self.proj_in(frames_to_sequences(self.norm(hidden_states), num_frames))
         positions = torch.arange(num_frames, device=x.device)
         x = x + sinusoidal_positions(positions, x.shape[-1]).to(x.dtype)
@@ -185,12 +201,19 @@ class SpatioTemporalTransformer(Transformer2DModel):
         self.temporal = temporal
         self.conditioner = conditioner
 
-    def forward(self, hidden_states: torch.Tensor, *args, cross_attention_kwargs: dict[str, Any] | None = None,
-                return_dict: bool = True, **kwargs):
+    def forward(
+        self,
+        hidden_states: torch.Tensor,
+        *args,
+        cross_attention_kwargs: dict[str, Any] | None = None,
+        return_dict: bool = True,
+        **kwargs,
+    ):
         cross_attention_kwargs = dict(cross_attention_kwargs or {})
         context: TemporalContext | None = cross_attention_kwargs.pop("temporal", None)
-        out = super().forward(hidden_states, *args, cross_attention_kwargs=cross_attention_kwargs or None,
-                              return_dict=False, **kwargs)[0]
+        out = super().forward(
+            hidden_states, *args, cross_attention_kwargs=cross_attention_kwargs or None, return_dict=False, **kwargs
+        )[0]
         if context is not None:
             out = self.temporal(out, context.num_frames)
             if context.conditioning is not None:
@@ -215,20 +238,34 @@ class SDXLVideoUNet(UNet2DConditionModel):
             keys.discard("unet_kwargs")
         return keys
 
-    def __init__(self, temporal_num_attention_heads: int = 8, temporal_num_layers: int = 1,
-                 conditioner_num_layers: int = 1, max_conditioning_frames: int = 16, **unet_kwargs):
+    def __init__(
+        self,
+        temporal_num_attention_heads: int = 8,
+        temporal_num_layers: int = 1,
+        conditioner_num_layers: int = 1,
+        max_conditioning_frames: int = 16,
+        **unet_kwargs,
+    ):
         super().__init__(**unet_kwargs)  # registers the 2D config (UNet2DConditionModel's decorator)
-        self.register_to_config(temporal_num_attention_heads=temporal_num_attention_heads,
-                                temporal_num_layers=temporal_num_layers,
-                                conditioner_num_layers=conditioner_num_layers,
-                                max_conditioning_frames=max_conditioning_frames)
+        self.register_to_config(
+            temporal_num_attention_heads=temporal_num_attention_heads,
+            temporal_num_layers=temporal_num_layers,
+            conditioner_num_layers=conditioner_num_layers,
+            max_conditioning_frames=max_conditioning_frames,
+        )
         groups = self.config.norm_num_groups
         for block in [*self.down_blocks, self.mid_block, *self.up_blocks]:
             for i, spatial in enumerate(getattr(block, "attentions", None) or []):
                 channels = spatial.config.in_channels
                 temporal = TemporalTransformer(channels, temporal_num_attention_heads, temporal_num_layers, groups)
-                conditioner = TemporalConditioner(channels, self.config.in_channels, temporal_num_attention_heads,
-                                                  conditioner_num_layers, groups, max_conditioning_frames)
+                conditioner = TemporalConditioner(
+                    channels,
+                    self.config.in_channels,
+                    temporal_num_attention_heads,
+                    conditioner_num_layers,
+                    groups,
+                    max_conditioning_frames,
+                )
                 spatial_config = {k: v for k, v in spatial.config.items() if not k.startswith("_")}
                 block.attentions[i] = SpatioTemporalTransformer(temporal, conditioner, **spatial_config)
 
@@ -246,11 +283,18 @@ class SDXLVideoUNet(UNet2DConditionModel):
     def temporal_modules(self) -> list[torch.nn.Module]:
         return [m for m in self.modules() if isinstance(m, (TemporalTransformer, TemporalConditioner))]
 
-    def forward(self, sample: torch.Tensor, timestep: torch.Tensor | float | int,
-                encoder_hidden_states: torch.Tensor, added_cond_kwargs: dict[str, torch.Tensor] | None = None,
-                conditioning_latents: torch.Tensor | None = None, conditioning_scale: float = 1.0,
-                timestep_cond: torch.Tensor | None = None, cross_attention_kwargs: dict[str, Any] | None = None,
-                return_dict: bool = True):
+    def forward(
+        self,
+        sample: torch.Tensor,
+        timestep: torch.Tensor | float | int,
+        encoder_hidden_states: torch.Tensor,
+        added_cond_kwargs: dict[str, torch.Tensor] | None = None,
+        conditioning_latents: torch.Tensor | None = None,
+        conditioning_scale: float = 1.0,
+        timestep_cond: torch.Tensor | None = None,
+        cross_attention_kwargs: dict[str, Any] | None = None,
+        return_dict: bool = True,
+    ):
         """sample: [B, F, C, H, W]; encoder_hidden_states [B, L, D] and added_cond_kwargs
         (text_embeds [B, P], time_ids [B, 6]) are per video; conditioning_latents [B, Fc, C, H, W]
         (normalised latents of earlier frames) or None. Returns noise predictions [B, F, C, H, W]."""
@@ -264,9 +308,12 @@ class SDXLVideoUNet(UNet2DConditionModel):
         added = {k: per_frame(v) for k, v in (added_cond_kwargs or {}).items()}
         context = TemporalContext(num_frames, conditioning_latents, conditioning_scale)
         out = super().forward(
-            sample.flatten(0, 1), timestep, encoder_hidden_states=per_frame(encoder_hidden_states),
+            sample.flatten(0, 1),
+            timestep,
+            encoder_hidden_states=per_frame(encoder_hidden_states),
             timestep_cond=None if timestep_cond is None else per_frame(timestep_cond),
-            added_cond_kwargs=added, cross_attention_kwargs={**(cross_attention_kwargs or {}), "temporal": context},
+            added_cond_kwargs=added,
+            cross_attention_kwargs={**(cross_attention_kwargs or {}), "temporal": context},
             return_dict=False,
         )[0]
         out = out.unflatten(0, (batch, num_frames))
@@ -289,11 +336,27 @@ class SDXLVideoPipeline(StableDiffusionXLPipeline):
     model_cpu_offload_seq = "text_encoder->text_encoder_2->unet->vae"
     _optional_components: list[str] = []
 
-    def __init__(self, vae, text_encoder, text_encoder_2, tokenizer, tokenizer_2, unet: SDXLVideoUNet,
-                 scheduler: DPMSolverMultistepScheduler, force_zeros_for_empty_prompt: bool = True):
+    def __init__(
+        self,
+        vae,
+        text_encoder,
+        text_encoder_2,
+        tokenizer,
+        tokenizer_2,
+        unet: SDXLVideoUNet,
+        scheduler: DPMSolverMultistepScheduler,
+        force_zeros_for_empty_prompt: bool = True,
+    ):
         DiffusionPipeline.__init__(self)  # SDXL's __init__ would also register an image encoder
-        self.register_modules(vae=vae, text_encoder=text_encoder, text_encoder_2=text_encoder_2,
-                              tokenizer=tokenizer, tokenizer_2=tokenizer_2, unet=unet, scheduler=scheduler)
+        self.register_modules(
+            vae=vae,
+            text_encoder=text_encoder,
+            text_encoder_2=text_encoder_2,
+            tokenizer=tokenizer,
+            tokenizer_2=tokenizer_2,
+            unet=unet,
+            scheduler=scheduler,
+        )
         self.register_to_config(force_zeros_for_empty_prompt=force_zeros_for_empty_prompt)
         self.vae_scale_factor = 2 ** (len(self.vae.config.block_out_channels) - 1)
         self.image_processor = VaeImageProcessor(vae_scale_factor=self.vae_scale_factor)
@@ -304,21 +367,28 @@ class SDXLVideoPipeline(StableDiffusionXLPipeline):
     def sde_scheduler(config) -> DPMSolverMultistepScheduler:
         """DPM-Solver++ (2M) SDE with Karras sigmas from any SDXL scheduler config. The SDE noise is
         drawn with the pipeline's generator (randn_tensor): no torchsde needed, CPU or GPU."""
-        return DPMSolverMultistepScheduler.from_config(config, algorithm_type="sde-dpmsolver++", solver_order=2,
-                                                       use_karras_sigmas=True)
+        return DPMSolverMultistepScheduler.from_config(
+            config, algorithm_type="sde-dpmsolver++", solver_order=2, use_karras_sigmas=True
+        )
 
     @classmethod
-    def from_sdxl(cls, sdxl: str | StableDiffusionXLPipeline, dtype: torch.dtype | None = None,
-                  **temporal_config) -> SDXLVideoPipeline:
+    def from_sdxl(
+        cls, sdxl: str | StableDiffusionXLPipeline, dtype: torch.dtype | None = None, **temporal_config
+    ) -> SDXLVideoPipeline:
         """Inflate an SDXL checkpoint (folder, hub id or pipeline): its 2D weights, temporal modules
         with zero-initialised output projections, the scheduler switched to DPM-Solver++ SDE."""
         if not isinstance(sdxl, StableDiffusionXLPipeline):
             sdxl = StableDiffusionXLPipeline.from_pretrained(sdxl, dtype=dtype)
-        return cls(vae=sdxl.vae, text_encoder=sdxl.text_encoder, text_encoder_2=sdxl.text_encoder_2,
-                   tokenizer=sdxl.tokenizer, tokenizer_2=sdxl.tokenizer_2,
-                   unet=SDXLVideoUNet.from_unet2d(sdxl.unet, **temporal_config),
-                   scheduler=cls.sde_scheduler(sdxl.scheduler.config),
-                   force_zeros_for_empty_prompt=sdxl.config.force_zeros_for_empty_prompt)
+        return cls(
+            vae=sdxl.vae,
+            text_encoder=sdxl.text_encoder,
+            text_encoder_2=sdxl.text_encoder_2,
+            tokenizer=sdxl.tokenizer,
+            tokenizer_2=sdxl.tokenizer_2,
+            unet=SDXLVideoUNet.from_unet2d(sdxl.unet, **temporal_config),
+            scheduler=cls.sde_scheduler(sdxl.scheduler.config),
+            force_zeros_for_empty_prompt=sdxl.config.force_zeros_for_empty_prompt,
+        )
 
     # ---- latents <-> pixels -------------------------------------------------------------
 
@@ -360,7 +430,7 @@ class SDXLVideoPipeline(StableDiffusionXLPipeline):
         upcast = self._vae_in_float32()
         pieces = []
         for start in range(0, flat.shape[0], decode_chunk_size):
-            z = flat[start:start + decode_chunk_size].to(self.vae.device, self.vae.dtype)
+            z = flat[start : start + decode_chunk_size].to(self.vae.device, self.vae.dtype)
             mean, std = self._latent_stats(z)
             sf = self.vae.config.scaling_factor
             z = z * std / sf + mean if mean is not None else z / sf
@@ -417,18 +487,28 @@ class SDXLVideoPipeline(StableDiffusionXLPipeline):
         lora_scale = (cross_attention_kwargs or {}).get("scale")
 
         prompt_embeds, negative_prompt_embeds, pooled_prompt_embeds, negative_pooled_prompt_embeds = self.encode_prompt(
-            prompt=prompt, device=device, num_images_per_prompt=1,
-            do_classifier_free_guidance=self.do_classifier_free_guidance, negative_prompt=negative_prompt,
-            prompt_embeds=prompt_embeds, negative_prompt_embeds=negative_prompt_embeds,
-            pooled_prompt_embeds=pooled_prompt_embeds, negative_pooled_prompt_embeds=negative_pooled_prompt_embeds,
+            prompt=prompt,
+            device=device,
+            num_images_per_prompt=1,
+            do_classifier_free_guidance=self.do_classifier_free_guidance,
+            negative_prompt=negative_prompt,
+            prompt_embeds=prompt_embeds,
+            negative_prompt_embeds=negative_prompt_embeds,
+            pooled_prompt_embeds=pooled_prompt_embeds,
+            negative_pooled_prompt_embeds=negative_pooled_prompt_embeds,
             lora_scale=lora_scale,
         )
         batch = prompt_embeds.shape[0]
 
         self.scheduler.set_timesteps(num_inference_steps, device=device)
         timesteps = self.scheduler.timesteps
-        shape = (batch, num_frames, self.unet.config.in_channels,
-                 height // self.vae_scale_factor, width // self.vae_scale_factor)
+        shape = (
+            batch,
+            num_frames,
+            self.unet.config.in_channels,
+            height // self.vae_scale_factor,
+            width // self.vae_scale_factor,
+        )
         if latents is None:
             latents = randn_tensor(shape, generator=generator, device=device, dtype=prompt_embeds.dtype)
         elif tuple(latents.shape) != shape:
@@ -436,14 +516,24 @@ class SDXLVideoPipeline(StableDiffusionXLPipeline):
         latents = latents.to(device) * self.scheduler.init_noise_sigma
 
         if conditioning_latents is not None:
-            if conditioning_latents.ndim != 5 or conditioning_latents.shape[0] != batch \
-                    or conditioning_latents.shape[2:] != shape[2:]:
-                raise ValueError(f"conditioning_latents: expected [{batch}, Fc, {', '.join(map(str, shape[2:]))}], "
-                                 f"got {list(conditioning_latents.shape)}")
+            if (
+                conditioning_latents.ndim != 5
+                or conditioning_latents.shape[0] != batch
+                or conditioning_latents.shape[2:] != shape[2:]
+            ):
+                raise ValueError(
+                    f"conditioning_latents: expected [{batch}, Fc, {', '.join(map(str, shape[2:]))}], "
+                    f"got {list(conditioning_latents.shape)}"
+                )
             conditioning_latents = conditioning_latents.to(device, prompt_embeds.dtype)
 
-        add_time_ids = self._get_add_time_ids((height, width), (0, 0), (height, width), dtype=prompt_embeds.dtype,
-                                              text_encoder_projection_dim=self.text_encoder_2.config.projection_dim)
+        add_time_ids = self._get_add_time_ids(
+            (height, width),
+            (0, 0),
+            (height, width),
+            dtype=prompt_embeds.dtype,
+            text_encoder_projection_dim=self.text_encoder_2.config.projection_dim,
+        )
         add_text_embeds = pooled_prompt_embeds
         if self.do_classifier_free_guidance:
             prompt_embeds = torch.cat([negative_prompt_embeds, prompt_embeds])
@@ -463,10 +553,16 @@ class SDXLVideoPipeline(StableDiffusionXLPipeline):
             for t in timesteps:
                 model_input = torch.cat([latents] * 2) if self.do_classifier_free_guidance else latents
                 model_input = self.scheduler.scale_model_input(model_input, t)
-                noise_pred = self.unet(model_input, t, encoder_hidden_states=prompt_embeds,
-                                       added_cond_kwargs=added_cond_kwargs, conditioning_latents=conditioning_latents,
-                                       conditioning_scale=conditioning_strength,
-                                       cross_attention_kwargs=cross_attention_kwargs, return_dict=False)[0]
+                noise_pred = self.unet(
+                    model_input,
+                    t,
+                    encoder_hidden_states=prompt_embeds,
+                    added_cond_kwargs=added_cond_kwargs,
+                    conditioning_latents=conditioning_latents,
+                    conditioning_scale=conditioning_strength,
+                    cross_attention_kwargs=cross_attention_kwargs,
+                    return_dict=False,
+                )[0]
                 if self.do_classifier_free_guidance:
                     uncond, text = noise_pred.chunk(2)
                     noise_pred = uncond + guidance_scale * (text - uncond)

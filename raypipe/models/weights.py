@@ -30,3 +30,27 @@ def read_safetensors(uri: str) -> dict:
         return load_file(hf_hub_download(f"{org}/{repo}", filename))
     with fsspec.open(uri, "rb") as f:
         return load(f.read())
+
+
+def read_model_config(model: str, name: str) -> dict | None:
+    """A config file of a model in diffusers' layout (e.g. "transformer/config.json"), without
+    downloading: a `tiny:` model (built on first use), a local folder, or a hub id already in
+    the local cache; None when it cannot be read here."""
+    import json
+
+    from raypipe.models.tiny import TINY_PREFIX, resolve_model
+
+    try:
+        path = resolve_model(model) if model.startswith(TINY_PREFIX) else model
+        local = os.path.join(path, name)
+        if not os.path.isfile(local):
+            from huggingface_hub import try_to_load_from_cache
+
+            cached = try_to_load_from_cache(path, name)
+            local = cached if isinstance(cached, str) else ""
+        if not local:
+            return None
+        with open(local) as f:
+            return json.load(f)
+    except Exception:  # noqa: BLE001 - not readable here (unknown tiny name, not a hub id, bad JSON)
+        return None

@@ -5,7 +5,7 @@
 - ulysses.py: the transformer wiring and Ulysses attention (gloo on CPU, NCCL on GPU);
 - xdit.py: xDiT's USP attention and CFG parallel on GPU ranks (optional `gpu` extra).
 
-A stage hands its rows here with two calls (see raypipe/stages/cogvideox.py):
+A stage hands its rows here with two calls (see raypipe/families/cogvideox/stage.py):
 
     if parallel.wants_gang(self, rows):
         return parallel.generate_on_gangs(self, rows, inputs)
@@ -20,8 +20,14 @@ from typing import Any
 
 from raypipe.parallel.validate import check_sequence_parallel, gang_ranks, rank_resources
 
-__all__ = ["check_sequence_parallel", "gang_ranks", "generate_on_gangs", "rank_resources", "shutdown_gangs",
-           "wants_gang"]
+__all__ = [
+    "check_sequence_parallel",
+    "gang_ranks",
+    "generate_on_gangs",
+    "rank_resources",
+    "shutdown_gangs",
+    "wants_gang",
+]
 
 
 def sp_degree(row: Any) -> int:

@@ -83,8 +83,9 @@ class _MeasuredDecode:
         import torch
         from diffusers.models.autoencoders.vae import DecoderOutput
 
-        return DecoderOutput(sample=torch.zeros(latents.shape[0], 3, 1, 8, 8, dtype=latents.dtype,
-                                                device=latents.device))
+        return DecoderOutput(
+            sample=torch.zeros(latents.shape[0], 3, 1, 8, 8, dtype=latents.dtype, device=latents.device)
+        )
 
 
 class RankWorker:
@@ -124,23 +125,39 @@ class RankWorker:
         if backend == "xdit":
             if not xdit.available():
                 raise RuntimeError("sp.backend: xdit needs a GPU and xfuser (pip install 'raypipe[gpu]')")
-            self.ctx = xdit.init(self.rank, self.world_size, init_method, self.sp_degree, sp.ring_degree,
-                                 cfg_degree, timeout)
+            self.ctx = xdit.init(
+                self.rank, self.world_size, init_method, self.sp_degree, sp.ring_degree, cfg_degree, timeout
+            )
         else:
             if on_cuda:
                 torch.cuda.set_device(0)  # Ray gives each rank one GPU: cuda:0 in this process
-            dist.init_process_group("nccl" if on_cuda else "gloo", init_method=init_method, rank=self.rank,
-                                    world_size=self.world_size, timeout=timeout)
+            dist.init_process_group(
+                "nccl" if on_cuda else "gloo",
+                init_method=init_method,
+                rank=self.rank,
+                world_size=self.world_size,
+                timeout=timeout,
+            )
             # the grid cfg x sp: rank = cfg_rank * sp_degree + sp_rank (new_group is collective: all ranks, same order)
-            sp_groups = [dist.new_group(list(range(c * self.sp_degree, (c + 1) * self.sp_degree)))
-                         for c in range(cfg_degree)]
-            cfg_groups = [dist.new_group(list(range(s, self.world_size, self.sp_degree)))
-                          for s in range(self.sp_degree)] if cfg_degree > 1 else [None] * self.sp_degree
+            sp_groups = [
+                dist.new_group(list(range(c * self.sp_degree, (c + 1) * self.sp_degree))) for c in range(cfg_degree)
+            ]
+            cfg_groups = (
+                [dist.new_group(list(range(s, self.world_size, self.sp_degree))) for s in range(self.sp_degree)]
+                if cfg_degree > 1
+                else [None] * self.sp_degree
+            )
             cfg_rank, sp_rank = divmod(self.rank, self.sp_degree)
             note = f" (ring_degree {sp.ring_degree} runs as Ulysses: no xfuser)" if sp.ring_degree > 1 else ""
-            self.ctx = ulysses.SPContext(sp_rank=sp_rank, sp_size=self.sp_degree, sp_group=sp_groups[cfg_rank],
-                                         cfg_rank=cfg_rank, cfg_size=cfg_degree, cfg_group=cfg_groups[sp_rank],
-                                         backend=f"ulysses-{'nccl' if on_cuda else 'gloo'}{note}")
+            self.ctx = ulysses.SPContext(
+                sp_rank=sp_rank,
+                sp_size=self.sp_degree,
+                sp_group=sp_groups[cfg_rank],
+                cfg_rank=cfg_rank,
+                cfg_size=cfg_degree,
+                cfg_group=cfg_groups[sp_rank],
+                backend=f"ulysses-{'nccl' if on_cuda else 'gloo'}{note}",
+            )
         self.stage = self.stage_cls(self.config)
         self.stage.sp_context = self.ctx  # tells the stage's dispatch that it runs inside a gang
         load = self.stage.load_pipeline
@@ -172,14 +189,21 @@ class RankWorker:
             decoder.started = decoder.peak_rss_mb = None
         t0, cpu0 = time.perf_counter(), time.process_time()
         generated = self.stage.generate(rows, inputs)
-        stats = {"rank": self.rank, "seconds": time.perf_counter() - t0, "cpu_seconds": time.process_time() - cpu0,
-                 "peak_rss_mb": _rss_mb("VmHWM"),
-                 "rss_before_mb": rss_before,
-                 "peak_cuda_mb": torch.cuda.max_memory_allocated() / 2**20 if on_cuda else None}
+        stats = {
+            "rank": self.rank,
+            "seconds": time.perf_counter() - t0,
+            "cpu_seconds": time.process_time() - cpu0,
+            "peak_rss_mb": _rss_mb("VmHWM"),
+            "rss_before_mb": rss_before,
+            "peak_cuda_mb": torch.cuda.max_memory_allocated() / 2**20 if on_cuda else None,
+        }
         decoded = [d for d in self.decoders if d.started is not None]
         if decoded:  # the denoising loop alone: up to the first VAE decode
-            stats.update(denoise_seconds=decoded[0].started - t0, denoise_cpu_seconds=decoded[0].started_cpu - cpu0,
-                         denoise_peak_rss_mb=decoded[0].peak_rss_mb)
+            stats.update(
+                denoise_seconds=decoded[0].started - t0,
+                denoise_cpu_seconds=decoded[0].started_cpu - cpu0,
+                denoise_peak_rss_mb=decoded[0].peak_rss_mb,
+            )
         return (generated if self.rank == 0 else None), stats
 
 
@@ -211,20 +235,27 @@ class Gang:
             raise SequenceParallelError(
                 f"sp_degree {self.sp_degree}: could not place a gang of {self.world_size} ranks x {self.bundle} "
                 f"({sp.placement_strategy}) within {sp.start_timeout_s:g}s; available now: "
-                f"CPU {available.get('CPU', 0):g}, GPU {available.get('GPU', 0):g}") from None
+                f"CPU {available.get('CPU', 0):g}, GPU {available.get('GPU', 0):g}"
+            ) from None
         # plain int/float resources: a rank holds exactly its bundle
         options = {"num_cpus": self.bundle["CPU"], "num_gpus": self.bundle.get("GPU", 0), "max_restarts": 0}
         actor_cls = ray.remote(RankWorker)
         self.ranks = [
-            actor_cls.options(scheduling_strategy=PlacementGroupSchedulingStrategy(
-                self.pg, placement_group_bundle_index=i, placement_group_capture_child_tasks=False), **options)
-            .remote(i, self.world_size, self.sp_degree, self.stage_cls, self.config.model_dump())
+            actor_cls.options(
+                scheduling_strategy=PlacementGroupSchedulingStrategy(
+                    self.pg, placement_group_bundle_index=i, placement_group_capture_child_tasks=False
+                ),
+                **options,
+            ).remote(i, self.world_size, self.sp_degree, self.stage_cls, self.config.model_dump())
             for i in range(self.world_size)
         ]
         try:
             init_method = self._wait([self.ranks[0].rendezvous_address.remote()], deadline, "starting rank 0")[0]
-            self.info = self._wait([rank.start.remote(init_method) for rank in self.ranks], deadline,
-                                   "starting the ranks (process group, model load)")
+            self.info = self._wait(
+                [rank.start.remote(init_method) for rank in self.ranks],
+                deadline,
+                "starting the ranks (process group, model load)",
+            )
         except BaseException:
             self.shutdown()
             raise
@@ -275,8 +306,9 @@ class Gang:
                         deadline = min(deadline, time.monotonic() + ERROR_GRACE_S)
         if failed:
             i, cause = failed
-            raise SequenceParallelError(f"sp_degree {self.sp_degree}, rank {i}: {type(cause).__name__}: "
-                                        f"{_first_lines(cause)}")
+            raise SequenceParallelError(
+                f"sp_degree {self.sp_degree}, rank {i}: {type(cause).__name__}: {_first_lines(cause)}"
+            )
         return results
 
     def generate(self, rows: list, inputs: list[dict[str, Any]]) -> list:
@@ -284,13 +316,14 @@ class Gang:
         when a rank dies or the row runs past sp.row_timeout_s."""
         sp = self.config.sp
         problems: list[str] = []
-        for attempt in range(sp.retries + 1):
+        for _attempt in range(sp.retries + 1):
             try:
                 if not self.alive:
                     self.start()
                 deadline = time.monotonic() + sp.row_timeout_s
-                outputs = self._wait([rank.generate.remote(rows, inputs) for rank in self.ranks], deadline,
-                                     "generating")
+                outputs = self._wait(
+                    [rank.generate.remote(rows, inputs) for rank in self.ranks], deadline, "generating"
+                )
                 break
             except _GangBroken as err:
                 self.shutdown()
@@ -301,8 +334,11 @@ class Gang:
         generated, _ = outputs[0]
         stats = self.last_stats = [s for _, s in outputs]
         params = {
-            "sp_degree": self.sp_degree, "sp_ranks": self.world_size, "sp_backend": self.info[0]["backend"],
-            "sp_cfg_parallel": sp.cfg_parallel, "sp_placement": sp.placement_strategy,
+            "sp_degree": self.sp_degree,
+            "sp_ranks": self.world_size,
+            "sp_backend": self.info[0]["backend"],
+            "sp_cfg_parallel": sp.cfg_parallel,
+            "sp_placement": sp.placement_strategy,
             "sp_rank_seconds": [round(s["seconds"], 3) for s in stats],
             "sp_rank_peak_rss_mb": [round(s["peak_rss_mb"], 1) for s in stats],
             "sp_workers": [info["worker"] for info in self.info],
@@ -318,7 +354,10 @@ class Gang:
 
 def _first_lines(err: BaseException, limit: int = 600) -> str:
     """The error on one line, without Ray's ids (actor_id, namespace, ...)."""
-    lines = [line.strip() for line in str(err).splitlines()
-             if not line.strip().startswith(("actor_id:", "namespace:", "class_name:", "ip:"))]
+    lines = [
+        line.strip()
+        for line in str(err).splitlines()
+        if not line.strip().startswith(("actor_id:", "namespace:", "class_name:", "ip:"))
+    ]
     text = " ".join(" ".join(lines).split())
     return text if len(text) <= limit else text[:limit] + "..."

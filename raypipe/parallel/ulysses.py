@@ -70,7 +70,7 @@ def shard_rows(tokens: torch.Tensor, grid: tuple[int, int, int], rank: int, size
     batch, rest = tokens.shape[0], tokens.shape[2:]
     per = rows // size
     grid_view = tokens.reshape(batch, frames, rows, cols, *rest)
-    return grid_view[:, :, rank * per:(rank + 1) * per].reshape(batch, frames * per * cols, *rest)
+    return grid_view[:, :, rank * per : (rank + 1) * per].reshape(batch, frames * per * cols, *rest)
 
 
 def gather_rows(local: torch.Tensor, grid: tuple[int, int, int], group, size: int) -> torch.Tensor:
@@ -155,8 +155,14 @@ class SequenceParallelCogVideoXAttnProcessor:
             if not attn.is_cross_attention:
                 video_k = apply_rotary_emb(key[:, text_len:].transpose(1, 2), image_rotary_emb).transpose(1, 2)
                 key = torch.cat([key[:, :text_len], video_k], dim=1)
-        text_out, video_out = self.attention(query[:, :text_len], key[:, :text_len], value[:, :text_len],
-                                             query[:, text_len:], key[:, text_len:], value[:, text_len:])
+        text_out, video_out = self.attention(
+            query[:, :text_len],
+            key[:, :text_len],
+            value[:, :text_len],
+            query[:, text_len:],
+            key[:, text_len:],
+            value[:, text_len:],
+        )
         out = torch.cat([text_out, video_out], dim=1).reshape(batch, -1, attn.heads * head_dim).to(query.dtype)
         out = attn.to_out[1](attn.to_out[0](out))
         encoder_hidden_states, hidden_states = out.split([text_len, out.size(1) - text_len], dim=1)
@@ -197,8 +203,10 @@ def parallelize_transformer(transformer, ctx: SPContext) -> None:
         if ctx.cfg_size > 1:
             batch = latents.shape[0]
             if batch % ctx.cfg_size:
-                raise ValueError(f"sp.cfg_parallel: needs classifier-free guidance (guidance_scale > 1): the batch of "
-                                 f"{batch} cannot be split in {ctx.cfg_size}")
+                raise ValueError(
+                    f"sp.cfg_parallel: needs classifier-free guidance (guidance_scale > 1): the batch of "
+                    f"{batch} cannot be split in {ctx.cfg_size}"
+                )
             for name in ("hidden_states", "encoder_hidden_states", "timestep", "timestep_cond", "ofs"):
                 value = kwargs.get(name)
                 if isinstance(value, torch.Tensor) and value.ndim and value.shape[0] == batch:
@@ -206,7 +214,8 @@ def parallelize_transformer(transformer, ctx: SPContext) -> None:
         rope = kwargs.get("image_rotary_emb")
         if rope is not None:
             kwargs["image_rotary_emb"] = tuple(
-                shard_rows(t.unsqueeze(0), ctx.grid, ctx.sp_rank, ctx.sp_size)[0] for t in rope)
+                shard_rows(t.unsqueeze(0), ctx.grid, ctx.sp_rank, ctx.sp_size)[0] for t in rope
+            )
         return args, kwargs
 
     def after_patch_embed(module, args, output):

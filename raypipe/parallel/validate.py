@@ -10,8 +10,6 @@ no node can hold. No torch here: validation runs on light CPU workers.
 
 from __future__ import annotations
 
-import json
-import os
 import time
 from dataclasses import dataclass
 from functools import lru_cache
@@ -34,35 +32,14 @@ class TransformerShape:
     vae_scale: int = DEFAULT_VAE_SCALE
 
 
-def _read_json(model_dir: str, name: str) -> dict[str, Any] | None:
-    path = os.path.join(model_dir, name)
-    if os.path.isfile(path):
-        with open(path) as f:
-            return json.load(f)
-    try:  # a hub id: only what is already in the local cache, never a download here
-        from huggingface_hub import try_to_load_from_cache
-
-        cached = try_to_load_from_cache(model_dir, name)
-        if isinstance(cached, str):
-            with open(cached) as f:
-                return json.load(f)
-    except Exception:  # noqa: BLE001 - not a hub id either: the shape stays unknown
-        pass
-    return None
-
-
 @lru_cache(maxsize=64)
 def transformer_shape(model: str) -> TransformerShape:
     """Heads and patch size of `model`'s transformer, from its config.json (a `tiny:` model is
     built on first use, as the stage would)."""
-    from raypipe.models.tiny import resolve_model
+    from raypipe.models.weights import read_model_config
 
-    try:
-        model_dir = resolve_model(model)
-    except Exception:  # noqa: BLE001 - e.g. an unknown tiny name: the stage reports it
-        return TransformerShape(heads=None)
-    transformer = _read_json(model_dir, "transformer/config.json") or {}
-    vae = _read_json(model_dir, "vae/config.json") or {}
+    transformer = read_model_config(model, "transformer/config.json") or {}
+    vae = read_model_config(model, "vae/config.json") or {}
     blocks = vae.get("block_out_channels")
     return TransformerShape(
         heads=transformer.get("num_attention_heads"),
@@ -71,15 +48,11 @@ def transformer_shape(model: str) -> TransformerShape:
     )
 
 
-def row_models(row: Any, kind_config: KindConfig) -> list[str]:
-    """The models a row may run on: its own `model`, else the config's (and its mode's, if any)."""
-    if getattr(row, "model", None):
-        return [row.model]
-    models = [kind_config.model]
-    mode = getattr(row, "mode", None)
-    if mode and mode in kind_config.models:
-        models.append(kind_config.models[mode])
-    return models
+def row_model(row: Any, kind_config: KindConfig) -> str:
+    """The model a row runs on: its own `model`, else the config's for its mode (the family's rule)."""
+    from raypipe.families import family
+
+    return family(row.kind).model_of(row, kind_config)
 
 
 def gang_ranks(sp_degree: int, kind_config: KindConfig) -> int:
@@ -140,34 +113,44 @@ def check_gang_fits(sp_degree: int, kind_config: KindConfig, nodes: list[dict[st
                 raise ValueError(
                     f"sp_degree: a gang of {ranks} ranks{cfg} x {_fmt(per_rank)} {resource} needs {_fmt(need)} "
                     f"{resource} on one node (placement STRICT_PACK), but the largest node has "
-                    f"{_fmt(max(have, default=0))} {resource} (alive nodes: {listed})")
+                    f"{_fmt(max(have, default=0))} {resource} (alive nodes: {listed})"
+                )
         elif sum(have) + 1e-9 < need:
             raise ValueError(
                 f"sp_degree: a gang of {ranks} ranks{cfg} x {_fmt(per_rank)} {resource} needs {_fmt(need)} "
-                f"{resource}, but the cluster has {_fmt(sum(have))} {resource}")
+                f"{resource}, but the cluster has {_fmt(sum(have))} {resource}"
+            )
         if strategy == "STRICT_SPREAD" and sum(1 for h in have if h + 1e-9 >= per_rank) < ranks:
-            raise ValueError(f"sp_degree: a gang of {ranks} ranks on distinct nodes (STRICT_SPREAD) needs {ranks} "
-                             f"nodes with {_fmt(per_rank)} {resource}, the cluster has {len(have)} nodes")
+            raise ValueError(
+                f"sp_degree: a gang of {ranks} ranks on distinct nodes (STRICT_SPREAD) needs {ranks} "
+                f"nodes with {_fmt(per_rank)} {resource}, the cluster has {len(have)} nodes"
+            )
 
 
-def check_sequence_parallel(row: Any, kind_config: KindConfig, nodes: list[dict[str, float]] | None = None,
-                            check_nodes: bool = True) -> None:
+def check_sequence_parallel(
+    row: Any, kind_config: KindConfig, nodes: list[dict[str, float]] | None = None, check_nodes: bool = True
+) -> None:
     """Raise ValueError("field: problem") if `row` cannot run sequence-parallel as configured.
 
     nodes: the alive nodes' resources; read from Ray when None (skipped without Ray)."""
     sp_degree = int(getattr(row, "sp_degree", 1) or 1)
     if sp_degree <= 1:
         return
-    if row.kind == "exvideo" and getattr(row, "base", "cogvideox") != "cogvideox":
-        raise ValueError(f"sp_degree: sequence parallelism runs on base cogvideox only, not base {row.base!r}")
+    from raypipe.families import family
+
+    if not family(row.kind).sequence_parallel:
+        raise ValueError(f"sp_degree: kind {row.kind} does not run sequence parallel")
     sp = kind_config.sp
     if sp_degree % sp.ring_degree:
-        raise ValueError(f"sp_degree: must be a multiple of the config's sp.ring_degree {sp.ring_degree}, "
-                         f"got {sp_degree}")
+        raise ValueError(
+            f"sp_degree: must be a multiple of the config's sp.ring_degree {sp.ring_degree}, got {sp_degree}"
+        )
     if sp.cfg_parallel and row.guidance_scale is not None and row.guidance_scale <= 1.0:
-        raise ValueError(f"guidance_scale: CFG parallel (sp.cfg_parallel) splits the two CFG branches and needs "
-                         f"guidance_scale > 1, got {row.guidance_scale:g}")
-    for model in row_models(row, kind_config):
+        raise ValueError(
+            f"guidance_scale: CFG parallel (sp.cfg_parallel) splits the two CFG branches and needs "
+            f"guidance_scale > 1, got {row.guidance_scale:g}"
+        )
+    for model in [row_model(row, kind_config)]:
         shape = transformer_shape(model)
         if shape.heads is not None and shape.heads % sp_degree:
             raise ValueError(f"sp_degree: must divide the {shape.heads} attention heads of {model}, got {sp_degree}")
@@ -176,7 +159,8 @@ def check_sequence_parallel(row: Any, kind_config: KindConfig, nodes: list[dict[
             if row.height % (shape.vae_scale * shape.patch_size) == 0 and rows % sp_degree:
                 raise ValueError(
                     f"sp_degree: must divide the latent rows (height {row.height} / {shape.vae_scale} (VAE) / "
-                    f"{shape.patch_size} (patch) = {rows} rows of tokens), got {sp_degree}")
+                    f"{shape.patch_size} (patch) = {rows} rows of tokens), got {sp_degree}"
+                )
     if check_nodes:
         nodes = alive_node_resources() if nodes is None else nodes
         if nodes is not None:

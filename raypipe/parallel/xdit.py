@@ -28,8 +28,9 @@ def available() -> bool:
     return True
 
 
-def init(rank: int, world_size: int, init_method: str, sp_degree: int, ring_degree: int, cfg_degree: int,
-         timeout) -> SPContext:
+def init(
+    rank: int, world_size: int, init_method: str, sp_degree: int, ring_degree: int, cfg_degree: int, timeout
+) -> SPContext:
     """Initialise xDiT's distributed state (NCCL) for this rank and return its context.
 
     Rank order follows xDiT's "tp-sp-pp-cfg-dp": the sp ranks of one CFG branch are consecutive,
@@ -48,16 +49,27 @@ def init(rank: int, world_size: int, init_method: str, sp_degree: int, ring_degr
     if not torch.distributed.is_initialized():
         # our own init first, for its timeout (xDiT's leaves torch's default)
         torch.cuda.set_device(0)  # Ray gives each rank one GPU: it is cuda:0 in the rank's process
-        torch.distributed.init_process_group("nccl", init_method=init_method, rank=rank, world_size=world_size,
-                                             timeout=timeout)
-    init_distributed_environment(world_size=world_size, rank=rank, distributed_init_method=init_method,
-                                 local_rank=0, backend="nccl")
-    initialize_model_parallel(classifier_free_guidance_degree=cfg_degree, sequence_parallel_degree=sp_degree,
-                              ulysses_degree=sp_degree // ring_degree, ring_degree=ring_degree)
-    ctx = SPContext(sp_rank=get_sequence_parallel_rank(), sp_size=get_sequence_parallel_world_size(),
-                    sp_group=get_sp_group().device_group, cfg_rank=get_classifier_free_guidance_rank(),
-                    cfg_size=get_classifier_free_guidance_world_size(), cfg_group=get_cfg_group().device_group,
-                    backend=f"xdit (ulysses {sp_degree // ring_degree} x ring {ring_degree})")
+        torch.distributed.init_process_group(
+            "nccl", init_method=init_method, rank=rank, world_size=world_size, timeout=timeout
+        )
+    init_distributed_environment(
+        world_size=world_size, rank=rank, distributed_init_method=init_method, local_rank=0, backend="nccl"
+    )
+    initialize_model_parallel(
+        classifier_free_guidance_degree=cfg_degree,
+        sequence_parallel_degree=sp_degree,
+        ulysses_degree=sp_degree // ring_degree,
+        ring_degree=ring_degree,
+    )
+    ctx = SPContext(
+        sp_rank=get_sequence_parallel_rank(),
+        sp_size=get_sequence_parallel_world_size(),
+        sp_group=get_sp_group().device_group,
+        cfg_rank=get_classifier_free_guidance_rank(),
+        cfg_size=get_classifier_free_guidance_world_size(),
+        cfg_group=get_cfg_group().device_group,
+        backend=f"xdit (ulysses {sp_degree // ring_degree} x ring {ring_degree})",
+    )
     ctx.attention = _usp_attention()
     return ctx
 
@@ -76,8 +88,16 @@ def _usp_attention():
 
     def attention(tq, tk, tv, vq, vk, vv):
         text_len = tq.shape[1]
-        out = usp(None, vq.contiguous(), vk.contiguous(), vv.contiguous(), joint_tensor_query=tq.contiguous(),
-                  joint_tensor_key=tk.contiguous(), joint_tensor_value=tv.contiguous(), joint_strategy="front")
+        out = usp(
+            None,
+            vq.contiguous(),
+            vk.contiguous(),
+            vv.contiguous(),
+            joint_tensor_query=tq.contiguous(),
+            joint_tensor_key=tk.contiguous(),
+            joint_tensor_value=tv.contiguous(),
+            joint_strategy="front",
+        )
         return out[:, :text_len], out[:, text_len:]
 
     return attention

@@ -2,7 +2,7 @@
 
 Built on diffusers' StableDiffusionPipeline (first frame, Interpolation frames) and
 StableDiffusionImg2ImgPipeline (every later frame), which share every component. The row's
-settings (Deforum's own keys, raypipe/deforum/settings.py) were resolved and checked at
+settings (Deforum's own keys, raypipe/families/deforum/settings.py) were resolved and checked at
 validation; here they run:
 
 - 2D / 3D: frame 0 is text-to-image; each next frame is the previous one moved by the
@@ -23,9 +23,10 @@ from typing import Any
 
 import numpy as np
 
+from raypipe.families.deforum.schema import DeforumRow
+from raypipe.families.inputs import input_image, input_video
 from raypipe.models.tiny import resolve_model
-from raypipe.schema import DeforumRow
-from raypipe.stages.base import Generated, Stage, to_uint8
+from raypipe.stage import Generated, Stage, to_uint8
 
 # transformers depth models that predict distance; the others (DPT/MiDaS, Depth Anything,
 # ...) predict relative inverse depth, as MiDaS does for Deforum.
@@ -36,7 +37,7 @@ def make_scheduler(sampler: str, config):
     """A diffusers scheduler for a Deforum sampler name, from the pipeline's scheduler config."""
     import diffusers
 
-    from raypipe.deforum.settings import sampler_scheduler
+    from raypipe.families.deforum.settings import sampler_scheduler
 
     class_name, options = sampler_scheduler(sampler)
     return getattr(diffusers, class_name).from_config(config, **options)
@@ -65,8 +66,9 @@ class DeforumStage(Stage):
     def load_pipeline(self, path: str) -> Any:
         from diffusers import StableDiffusionImg2ImgPipeline, StableDiffusionPipeline
 
-        txt2img = StableDiffusionPipeline.from_pretrained(path, dtype=self.torch_dtype, safety_checker=None,
-                                                          requires_safety_checker=False).to(self.device)
+        txt2img = StableDiffusionPipeline.from_pretrained(
+            path, dtype=self.torch_dtype, safety_checker=None, requires_safety_checker=False
+        ).to(self.device)
         img2img = StableDiffusionImg2ImgPipeline(**txt2img.components)  # the same modules, not copies
         for pipe in (txt2img, img2img):
             pipe.set_progress_bar_config(disable=True)
@@ -80,13 +82,17 @@ class DeforumStage(Stage):
 
             name = self.config.models.get("depth")
             if not name:
-                raise RuntimeError("3D animation needs a depth model: set models.depth in the run config "
-                                   "(e.g. Intel/dpt-hybrid-midas, or tiny:depth)")
+                raise RuntimeError(
+                    "3D animation needs a depth model: set models.depth in the run config "
+                    "(e.g. Intel/dpt-hybrid-midas, or tiny:depth)"
+                )
             path = resolve_model(name)
             processor = AutoImageProcessor.from_pretrained(path)
             model = AutoModelForDepthEstimation.from_pretrained(path, dtype=torch.float32).to(self.device).eval()
-            metric = (model.config.model_type in METRIC_DEPTH_MODELS
-                      or getattr(model.config, "depth_estimation_type", "") == "metric")
+            metric = (
+                model.config.model_type in METRIC_DEPTH_MODELS
+                or getattr(model.config, "depth_estimation_type", "") == "metric"
+            )
             self._depth = (processor, model, not metric)
         return self._depth
 
@@ -100,38 +106,30 @@ class DeforumStage(Stage):
         inputs = processor(images=Image.fromarray(image), return_tensors="pt").to(self.device)
         with torch.no_grad():
             predicted = model(**inputs).predicted_depth
-        predicted = F.interpolate(predicted.unsqueeze(1).float(), size=image.shape[:2], mode="bicubic",
-                                  align_corners=False)
+        predicted = F.interpolate(
+            predicted.unsqueeze(1).float(), size=image.shape[:2], mode="bicubic", align_corners=False
+        )
         return predicted[0, 0].cpu().numpy()
 
     # ---- inputs (CPU side) ---------------------------------------------------------------------
 
     def load_inputs(self, row: DeforumRow) -> dict[str, Any]:
-        from raypipe.video import read_image, read_video
-
         settings = row.settings
         size = (settings["H"], settings["W"])
         inputs: dict[str, Any] = {}
         if settings.mode == "Video Input":
             uri = row.video or settings["video_init_path"]
             field = "video" if row.video else settings.where("video_init_path")
-            try:
-                video = read_video(uri, size=size)
-            except Exception as err:  # noqa: BLE001 - the row fails naming the field
-                raise ValueError(f"{field}: cannot read {uri}: {type(err).__name__}: {err}") from None
+            video = input_video(field, uri, size=size)
             stop = None if settings["extract_to_frame"] == -1 else settings["extract_to_frame"] + 1
-            video = video[settings["extract_from_frame"]:stop:settings["extract_nth_frame"]]
+            video = video[settings["extract_from_frame"] : stop : settings["extract_nth_frame"]]
             if settings.max_frames_given:
-                video = video[:settings["max_frames"]]
+                video = video[: settings["max_frames"]]
             if len(video) == 0:
                 raise ValueError(f"{field}: no frames between extract_from_frame and extract_to_frame in {uri}")
             inputs["video"] = video
         elif settings["use_init"]:
-            uri = settings["init_image"]
-            try:
-                inputs["init_image"] = np.asarray(read_image(uri, size=size))
-            except Exception as err:  # noqa: BLE001
-                raise ValueError(f"{settings.where('init_image')}: cannot read {uri}: {type(err).__name__}: {err}") from None
+            inputs["init_image"] = np.asarray(input_image(settings.where("init_image"), settings["init_image"], size))
         return inputs
 
     # ---- generation ----------------------------------------------------------------------------
@@ -166,7 +164,8 @@ class Animation:
 
             with torch.no_grad():
                 self._embeds[(positive, negative)] = self.txt2img.encode_prompt(
-                    positive, self.stage.device, 1, True, negative)
+                    positive, self.stage.device, 1, True, negative
+                )
         return self._embeds[(positive, negative)]
 
     def frame_embeds(self, frame: int):
@@ -190,9 +189,13 @@ class Animation:
         prompt_embeds, negative_embeds = self.frame_embeds(frame)
         steps = int(keys["steps_schedule"][frame]) if settings["enable_steps_scheduling"] else settings["steps"]
         steps = max(steps, 1)
-        common = dict(prompt_embeds=prompt_embeds, negative_prompt_embeds=negative_embeds,
-                      guidance_scale=float(keys["cfg_scale_schedule"][frame]), output_type="np",
-                      generator=torch.Generator("cpu").manual_seed(self.seeds[frame]))
+        common = dict(
+            prompt_embeds=prompt_embeds,
+            negative_prompt_embeds=negative_embeds,
+            guidance_scale=float(keys["cfg_scale_schedule"][frame]),
+            output_type="np",
+            generator=torch.Generator("cpu").manual_seed(self.seeds[frame]),
+        )
         if hasattr(self.scheduler, "noise_sampler_seed"):  # DPM++ SDE's Brownian noise: the frame's seed too
             self.scheduler.noise_sampler_seed = self.seeds[frame]
         with torch.no_grad():
@@ -202,18 +205,29 @@ class Animation:
                 denoise = 1.0 - min(max(strength, 0.0), 1.0)
                 if denoise <= 0.0:
                     return init  # strength 1 keeps the init frame as it is
-                out = self.img2img(image=Image.fromarray(init), strength=denoise,
-                                   num_inference_steps=img2img_steps(steps, denoise), **common)
+                out = self.img2img(
+                    image=Image.fromarray(init),
+                    strength=denoise,
+                    num_inference_steps=img2img_steps(steps, denoise),
+                    **common,
+                )
         return to_uint8(out.images[0])
 
     def warp(self, image: np.ndarray, frame: int, depth: np.ndarray | None = None) -> np.ndarray:
-        from raypipe.deforum.warps import warp_2d, warp_3d
+        from raypipe.families.deforum.warps import warp_2d, warp_3d
 
         k, s = self.keys, self.settings
         if self.mode == "2D":
-            return warp_2d(image, k["angle"][frame], k["zoom"][frame], k["translation_x"][frame],
-                           k["translation_y"][frame], k["transform_center_x"][frame], k["transform_center_y"][frame],
-                           s["border"])
+            return warp_2d(
+                image,
+                k["angle"][frame],
+                k["zoom"][frame],
+                k["translation_x"][frame],
+                k["translation_y"][frame],
+                k["transform_center_x"][frame],
+                k["transform_center_y"][frame],
+                s["border"],
+            )
         disparity = True
         if s["use_depth_warping"]:
             if depth is None:
@@ -222,11 +236,23 @@ class Animation:
         else:
             depth = None
         aspect = s["W"] / s["H"] if s["aspect_ratio_use_old_formula"] else k["aspect_ratio_schedule"][frame]
-        return warp_3d(image, depth, k["translation_x"][frame], k["translation_y"][frame], k["translation_z"][frame],
-                       k["rotation_3d_x"][frame], k["rotation_3d_y"][frame], k["rotation_3d_z"][frame],
-                       fov=k["fov_schedule"][frame], near=k["near_schedule"][frame], far=k["far_schedule"][frame],
-                       aspect_ratio=aspect, padding_mode=s["padding_mode"], sampling_mode=s["sampling_mode"],
-                       disparity=disparity)
+        return warp_3d(
+            image,
+            depth,
+            k["translation_x"][frame],
+            k["translation_y"][frame],
+            k["translation_z"][frame],
+            k["rotation_3d_x"][frame],
+            k["rotation_3d_y"][frame],
+            k["rotation_3d_z"][frame],
+            fov=k["fov_schedule"][frame],
+            near=k["near_schedule"][frame],
+            far=k["far_schedule"][frame],
+            aspect_ratio=aspect,
+            padding_mode=s["padding_mode"],
+            sampling_mode=s["sampling_mode"],
+            disparity=disparity,
+        )
 
     def depth(self, image: np.ndarray) -> np.ndarray | None:
         if self.mode != "3D" or not self.settings["use_depth_warping"]:
@@ -235,7 +261,7 @@ class Animation:
         return self.stage.predict_depth(image)
 
     def match_colours(self, image: np.ndarray) -> np.ndarray:
-        from raypipe.deforum.colour import maintain_colors
+        from raypipe.families.deforum.colour import maintain_colors
 
         mode = self.settings["color_coherence"]
         if mode == "None" or self.colour_sample is None:
@@ -245,18 +271,25 @@ class Animation:
     def prepare_init(self, previous: np.ndarray, frame: int) -> np.ndarray:
         """The previous frame, moved to `frame` and made ready for img2img (Deforum's order:
         warp, colour match, contrast, noise)."""
-        from raypipe.deforum.noise import add_noise
+        from raypipe.families.deforum.noise import add_noise
 
         s = self.settings
         image = self.match_colours(self.warp(previous, frame))
         image = np.clip(np.round(image * float(self.keys["contrast_schedule"][frame])), 0, 255).astype(np.uint8)
-        return add_noise(image, float(self.keys["noise_schedule"][frame]), self.seeds[frame], s["noise_type"],
-                         (s["perlin_w"], s["perlin_h"]), s["perlin_octaves"], s["perlin_persistence"])
+        return add_noise(
+            image,
+            float(self.keys["noise_schedule"][frame]),
+            self.seeds[frame],
+            s["noise_type"],
+            (s["perlin_w"], s["perlin_h"]),
+            s["perlin_octaves"],
+            s["perlin_persistence"],
+        )
 
     # ---- the render loops ----
 
     def render(self) -> Generated:
-        from raypipe.deforum.settings import frame_seeds
+        from raypipe.families.deforum.settings import frame_seeds
 
         cadence = self.settings["diffusion_cadence"] if self.mode in ("2D", "3D") else 1
         diffused = list(range(0, self.frames, cadence))

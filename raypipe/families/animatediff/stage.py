@@ -25,23 +25,23 @@ load_state_dict(strict=True), which fails once LoRA layers are injected into the
 
 Config `options`: `scheduler` (ddim: DDIM with linear betas, as the AnimateDiff seeds use;
 euler_ancestral; lcm: for AnimateLCM), `decode_chunk_size` (frames the VAE decodes at once) and
-the memory options of raypipe/models/pipeline_options.py (vae_slicing, vae_tiling, cpu_offload,
+the memory options of raypipe/families/options.py (vae_slicing, vae_tiling, cpu_offload,
 step_cache).
 """
 
 from __future__ import annotations
 
-import itertools
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
-from raypipe.models.pipeline_options import COMMON_OPTIONS, apply_options, check_options, skipped_options
-from raypipe.models.tiny import TINY_PREFIX, resolve_model
-from raypipe.schema import AnimateDiffRow
-from raypipe.stages.base import Generated, Stage, to_uint8
-from raypipe.video import read_video
+from raypipe.families.animatediff.schema import AnimateDiffRow
+from raypipe.families.inputs import input_video
+from raypipe.families.lora import LoraAdapters
+from raypipe.families.options import COMMON_OPTIONS, apply_options, check_options, skipped_options
+from raypipe.models.tiny import resolve_model
+from raypipe.stage import Generated, Stage, to_uint8
 
 OPTIONS = (*COMMON_OPTIONS, "scheduler", "decode_chunk_size")
 SCHEDULERS = ("ddim", "euler_ancestral", "lcm")
@@ -56,11 +56,13 @@ def make_scheduler(name: str, base_config):
     from diffusers import DDIMScheduler, EulerAncestralDiscreteScheduler, LCMScheduler
 
     if name == "ddim":
-        return DDIMScheduler.from_config(base_config, beta_schedule="linear", clip_sample=False,
-                                         timestep_spacing="linspace", steps_offset=1)
+        return DDIMScheduler.from_config(
+            base_config, beta_schedule="linear", clip_sample=False, timestep_spacing="linspace", steps_offset=1
+        )
     if name == "euler_ancestral":
-        return EulerAncestralDiscreteScheduler.from_config(base_config, beta_schedule="linear",
-                                                           timestep_spacing="linspace", steps_offset=1)
+        return EulerAncestralDiscreteScheduler.from_config(
+            base_config, beta_schedule="linear", timestep_spacing="linspace", steps_offset=1
+        )
     if name == "lcm":
         return LCMScheduler.from_config(base_config, beta_schedule="linear")
     raise ValueError(f"options.scheduler: one of {', '.join(SCHEDULERS)}, got {name!r}")
@@ -85,8 +87,16 @@ class LoadedAnimateDiff:
 
     base: Any
     variants: dict[tuple, Any] = field(default_factory=dict)
-    adapters: dict[str, str] = field(default_factory=dict)
-    adapter_ids: itertools.count = field(default_factory=itertools.count)
+    loras: LoraAdapters | None = None
+
+    def __post_init__(self):
+        if self.loras is None:  # its modules are every mode's modules: LoRAs load into the base
+            self.loras = LoraAdapters(self.base, what="the AnimateDiff UNet or text encoder")
+
+    @property
+    def adapters(self) -> dict[str, str]:
+        """LoRA path -> its peft adapter name."""
+        return self.loras.names
 
     @property
     def window(self) -> int:
@@ -162,8 +172,11 @@ class AnimateDiffStage(Stage):
             return loaded.base
         key = (row.mode, row.control, row.strength is not None)
         if key not in loaded.variants:
-            from diffusers import (AnimateDiffControlNetPipeline, AnimateDiffVideoToVideoControlNetPipeline,
-                                   AnimateDiffVideoToVideoPipeline)
+            from diffusers import (
+                AnimateDiffControlNetPipeline,
+                AnimateDiffVideoToVideoControlNetPipeline,
+                AnimateDiffVideoToVideoPipeline,
+            )
 
             if row.mode == "v2v":
                 pipe = AnimateDiffVideoToVideoPipeline.from_pipe(loaded.base)
@@ -178,44 +191,10 @@ class AnimateDiffStage(Stage):
 
     # ---- per row: LoRAs, FreeNoise, control maps ----------------------------------------
 
-    @staticmethod
-    def lora_source(path: str):
-        """What load_lora_weights gets for a LoRA path: a tiny LoRA's folder; a local file or
-        folder, or a hub repo id (`guoyww/animatediff-motion-lora-zoom-in`), as is; a URI (s3://,
-        file://, ...) or a file of a hub repo (`<org>/<repo>/<file>`) read into a state dict."""
-        import os
-
-        import fsspec
-
-        from raypipe.models.weights import read_safetensors
-
-        if path.startswith(TINY_PREFIX):
-            return resolve_model(path)
-        if os.path.exists(path):
-            return path
-        if fsspec.core.split_protocol(path)[0] is not None or path.count("/") >= 2:
-            return read_safetensors(path)
-        return path
-
     def use_loras(self, loaded: LoadedAnimateDiff, row: AnimateDiffRow) -> list[dict[str, Any]]:
         """Activate the row's LoRAs (loading those not loaded yet) at the row's weights."""
         specs = [*row.lora, *row.motion_lora]
-        pipe = loaded.base  # its modules are every mode's modules
-        if not specs:
-            if loaded.adapters:
-                pipe.disable_lora()
-            return []
-        for spec in specs:
-            if spec.path not in loaded.adapters:
-                name = f"lora{next(loaded.adapter_ids)}"  # peft adapter names: no dots or colons
-                try:
-                    pipe.load_lora_weights(self.lora_source(spec.path), adapter_name=name)
-                except Exception as err:  # noqa: BLE001 - the row fails naming the field
-                    raise ValueError(f"lora: cannot load {spec.path}: {type(err).__name__}: {err}") from None
-                loaded.adapters[spec.path] = name
-        names = [loaded.adapters[spec.path] for spec in specs]
-        pipe.enable_lora()
-        pipe.set_adapters(names, [spec.weight for spec in specs])
+        names = loaded.loras.activate([(spec.path, spec.weight) for spec in specs])
         return [{"path": spec.path, "weight": spec.weight, "adapter": name} for spec, name in zip(specs, names)]
 
     @staticmethod
@@ -229,19 +208,28 @@ class AnimateDiffStage(Stage):
         spec = row.free_noise
         if spec is None:
             if row.num_frames > window:
-                raise ValueError(f"num_frames: {row.num_frames} frames is longer than the motion adapter's window "
-                                 f"of {window} frames; set free_noise to generate long clips")
+                raise ValueError(
+                    f"num_frames: {row.num_frames} frames is longer than the motion adapter's window "
+                    f"of {window} frames; set free_noise to generate long clips"
+                )
             # One window over the whole clip, flat weights: the blocks compute what the originals do.
-            pipe.enable_free_noise(context_length=row.num_frames, context_stride=row.num_frames,
-                                   weighting_scheme="flat")
+            pipe.enable_free_noise(
+                context_length=row.num_frames, context_stride=row.num_frames, weighting_scheme="flat"
+            )
             self._free_noise_off(pipe)
             return None
         length = spec.context_length or window
         if length > window or length > row.num_frames:
-            raise ValueError(f"free_noise.context_length: {length} must not exceed the motion adapter's window "
-                             f"({window}) or num_frames ({row.num_frames})")
-        pipe.enable_free_noise(context_length=length, context_stride=min(spec.context_stride, length),
-                               weighting_scheme=spec.weighting_scheme, noise_type=spec.noise_type)
+            raise ValueError(
+                f"free_noise.context_length: {length} must not exceed the motion adapter's window "
+                f"({window}) or num_frames ({row.num_frames})"
+            )
+        pipe.enable_free_noise(
+            context_length=length,
+            context_stride=min(spec.context_stride, length),
+            weighting_scheme=spec.weighting_scheme,
+            noise_type=spec.noise_type,
+        )
         return {**spec.model_dump(), "context_length": length}
 
     def depth_maps(self, frames: list, height: int, width: int) -> list:
@@ -269,10 +257,7 @@ class AnimateDiffStage(Stage):
             return {}
         from PIL import Image
 
-        try:
-            frames = read_video(row.video, row.num_frames, size=(row.height, row.width))
-        except Exception as err:  # noqa: BLE001 - the row fails naming the field
-            raise ValueError(f"video: cannot read {row.video}: {type(err).__name__}: {err}") from None
+        frames = input_video("video", row.video, row.num_frames, size=(row.height, row.width))
         inputs: dict[str, Any] = {"video": [Image.fromarray(frame) for frame in frames]}
         if row.control == "canny":
             inputs["control"] = canny_maps(frames)
@@ -290,9 +275,14 @@ class AnimateDiffStage(Stage):
         loras = self.use_loras(loaded, row)
         prompt = {int(k): v for k, v in row.prompt.items()} if isinstance(row.prompt, dict) else row.prompt
         kwargs: dict[str, Any] = dict(
-            prompt=prompt, negative_prompt=row.negative_prompt or None, height=row.height, width=row.width,
-            num_inference_steps=row.num_inference_steps, guidance_scale=row.guidance_scale,
-            generator=torch.Generator("cpu").manual_seed(row.seed), output_type="np",
+            prompt=prompt,
+            negative_prompt=row.negative_prompt or None,
+            height=row.height,
+            width=row.width,
+            num_inference_steps=row.num_inference_steps,
+            guidance_scale=row.guidance_scale,
+            generator=torch.Generator("cpu").manual_seed(row.seed),
+            output_type="np",
         )
         if "decode_chunk_size" in self.config.options:
             kwargs["decode_chunk_size"] = int(self.config.options["decode_chunk_size"])
@@ -305,13 +295,22 @@ class AnimateDiffStage(Stage):
             scale = 1.0 if row.control_scale is None else row.control_scale
             kwargs.update(conditioning_frames=control, controlnet_conditioning_scale=scale)
         frames = to_uint8(pipe(**kwargs).frames[0])
-        return Generated(frames, fps=row.fps, params={
-            "pipeline": type(pipe).__name__, "scheduler_class": type(pipe.scheduler).__name__,
-            "motion_adapter": self.config.models["motion_adapter"], "motion_window": loaded.window,
-            "video": row.video, "strength": row.strength, "control": row.control,
-            "control_scale": kwargs.get("controlnet_conditioning_scale"),
-            "free_noise": free_noise, "loras": loras,
-        })
+        return Generated(
+            frames,
+            fps=row.fps,
+            params={
+                "pipeline": type(pipe).__name__,
+                "scheduler_class": type(pipe.scheduler).__name__,
+                "motion_adapter": self.config.models["motion_adapter"],
+                "motion_window": loaded.window,
+                "video": row.video,
+                "strength": row.strength,
+                "control": row.control,
+                "control_scale": kwargs.get("controlnet_conditioning_scale"),
+                "free_noise": free_noise,
+                "loras": loras,
+            },
+        )
 
     def common_params(self) -> dict[str, Any]:
         params = super().common_params()

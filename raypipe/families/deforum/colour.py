@@ -31,7 +31,9 @@ def maintain_colors(image: np.ndarray, reference: np.ndarray, mode: str) -> np.n
         raise ValueError(f"color_coherence: unknown mode {mode!r} (one of None, {', '.join(MODES)})")
     if mode == "RGB":
         return np.clip(np.round(match_histograms(image, reference)), 0, 255).astype(np.uint8)
-    to_space, from_space = {"LAB": (cv2.COLOR_RGB2LAB, cv2.COLOR_LAB2RGB),
-                            "HSV": (cv2.COLOR_RGB2HSV, cv2.COLOR_HSV2RGB)}[mode]
+    to_space, from_space = {
+        "LAB": (cv2.COLOR_RGB2LAB, cv2.COLOR_LAB2RGB),
+        "HSV": (cv2.COLOR_RGB2HSV, cv2.COLOR_HSV2RGB),
+    }[mode]
     matched = match_histograms(cv2.cvtColor(image, to_space), cv2.cvtColor(reference, to_space))
     return cv2.cvtColor(np.clip(np.round(matched), 0, 255).astype(np.uint8), from_space)

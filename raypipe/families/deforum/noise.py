@@ -16,8 +16,8 @@ def perlin_2d(shape: tuple[int, int], res: tuple[int, int], generator):
     import torch
 
     cells = (shape[0] // res[0], shape[1] // res[1])
-    ys = (torch.arange(shape[0], dtype=torch.float32) / cells[0])
-    xs = (torch.arange(shape[1], dtype=torch.float32) / cells[1])
+    ys = torch.arange(shape[0], dtype=torch.float32) / cells[0]
+    xs = torch.arange(shape[1], dtype=torch.float32) / cells[1]
     gy, gx = torch.meshgrid(ys, xs, indexing="ij")
     iy, ix = gy.floor().long(), gx.floor().long()
     fy, fx = gy - iy, gx - ix
@@ -49,8 +49,15 @@ def perlin_octaves(shape: tuple[int, int], res: tuple[int, int], octaves: int, p
     return noise
 
 
-def add_noise(image: np.ndarray, amount: float, seed: int, noise_type: str = "perlin",
-              perlin_res: tuple[float, float] = (8, 8), octaves: int = 4, persistence: float = 0.5) -> np.ndarray:
+def add_noise(
+    image: np.ndarray,
+    amount: float,
+    seed: int,
+    noise_type: str = "perlin",
+    perlin_res: tuple[float, float] = (8, 8),
+    octaves: int = 4,
+    persistence: float = 0.5,
+) -> np.ndarray:
     """uint8 RGB image blended with noise: (1 - amount) * image + amount * noise image."""
     import cv2
     import torch

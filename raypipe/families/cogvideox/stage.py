@@ -7,8 +7,9 @@
   weights); the row's `video` is re-noised by `strength` and denoised toward the prompt.
 
 A row's `model` replaces the config's model of its mode. The config's `options` (memory and
-speed: raypipe/models/pipeline_options.py) apply to every pipeline loaded; a row's `lora` list
-is made active for its call (raypipe/models/cogvideox_lora.py).
+speed: raypipe/families/options.py) apply to every pipeline loaded; a row's `lora` list
+is made active for its call (raypipe/families/lora.py, with DiffSynth's names renamed by
+raypipe/families/cogvideox/lora.py).
 """
 
 from __future__ import annotations
@@ -19,11 +20,11 @@ from typing import Any
 import numpy as np
 
 from raypipe import parallel
-from raypipe.models.cogvideox_lora import activate_loras
-from raypipe.models.pipeline_options import apply_options, check_options, skipped_options
-from raypipe.schema import CogVideoXRow
-from raypipe.stages.base import Generated, Stage, to_uint8
-from raypipe.video import read_image, read_video
+from raypipe.families.cogvideox.lora import cogvideox_loras
+from raypipe.families.cogvideox.schema import CogVideoXRow
+from raypipe.families.inputs import input_image, input_video
+from raypipe.families.options import apply_options, check_options, skipped_options
+from raypipe.stage import Generated, Stage, to_uint8
 
 
 class CogVideoXStage(Stage):
@@ -41,22 +42,6 @@ class CogVideoXStage(Stage):
         pipe.set_progress_bar_config(disable=True)
         return apply_options(pipe, self.config.options, self.device)
 
-    def model_for(self, row: CogVideoXRow) -> str:
-        if row.model:
-            return row.model
-        if row.mode == "i2v":
-            if "i2v" not in self.config.models:
-                raise ValueError("model: no image-to-video model in the run config (kinds.cogvideox.models.i2v)")
-            return self.config.models["i2v"]
-        return self.config.model
-
-    def process(self, rows: list[CogVideoXRow], inputs: list[dict[str, Any] | str] | None = None):
-        # The metadata's `model` names the checkpoint that made the video: i2v rows have their own.
-        i2v = self.config.models.get("i2v")
-        rows = [row.model_copy(update={"model": i2v}) if row.mode == "i2v" and i2v and not row.model else row
-                for row in rows]
-        return super().process(rows, inputs)
-
     def mode_pipeline(self, row: CogVideoXRow) -> Any:
         """The pipeline that runs the row's mode, loaded once."""
         from diffusers import CogVideoXImageToVideoPipeline, CogVideoXPipeline, CogVideoXVideoToVideoPipeline
@@ -70,19 +55,24 @@ class CogVideoXStage(Stage):
 
     def batch_key(self, row: CogVideoXRow) -> Hashable:
         loras = tuple((spec.path, spec.weight) for spec in row.lora)
-        return (row.mode, row.model, row.num_frames, row.height, row.width, row.num_inference_steps,
-                row.guidance_scale, row.strength, loras)
+        return (
+            row.mode,
+            row.model,
+            row.num_frames,
+            row.height,
+            row.width,
+            row.num_inference_steps,
+            row.guidance_scale,
+            row.strength,
+            loras,
+        )
 
     def load_inputs(self, row: CogVideoXRow) -> dict[str, Any]:
         size = (row.height, row.width) if row.height and row.width else None
-        try:
-            if row.mode == "i2v":
-                return {"image": np.asarray(read_image(row.image, size))}
-            if row.mode == "v2v":
-                return {"video": read_video(row.video, row.num_frames, size)}
-        except Exception as err:  # noqa: BLE001 - the row fails with the reason
-            field = "image" if row.mode == "i2v" else "video"
-            raise ValueError(f"{field}: cannot read {getattr(row, field)}: {type(err).__name__}: {err}") from None
+        if row.mode == "i2v":
+            return {"image": np.asarray(input_image("image", row.image, size))}
+        if row.mode == "v2v":
+            return {"video": input_video("video", row.video, row.num_frames, size)}
         return {}
 
     def generate(self, rows: list[CogVideoXRow], inputs: list[dict[str, Any]]) -> list[Generated]:
@@ -99,7 +89,9 @@ class CogVideoXStage(Stage):
         if first.mode == "v2v" and len(rows) > 1 and pipe.transformer.config.patch_size_t:
             # CogVideoX 1.5's v2v checks the frame count as len(video): a batch would read as frames.
             return [video for row, inp in zip(rows, inputs) for video in self.generate([row], [inp])]
-        activate_loras(pipe, [(spec.path, spec.weight) for spec in first.lora])
+        self.loras_of(self.model_for(first), cogvideox_loras).activate(
+            [(spec.path, spec.weight) for spec in first.lora]
+        )
         args: dict[str, Any] = {}
         if first.mode == "i2v":
             args["image"] = [Image.fromarray(inp["image"]) for inp in inputs]
@@ -113,9 +105,12 @@ class CogVideoXStage(Stage):
         out = pipe(
             prompt=[row.prompt for row in rows],
             negative_prompt=[row.negative_prompt for row in rows],
-            height=first.height, width=first.width,
-            num_inference_steps=first.num_inference_steps, guidance_scale=first.guidance_scale,
-            generator=generators, output_type="np",
+            height=first.height,
+            width=first.width,
+            num_inference_steps=first.num_inference_steps,
+            guidance_scale=first.guidance_scale,
+            generator=generators,
+            output_type="np",
             max_sequence_length=pipe.transformer.config.max_text_seq_length,
             **args,
         )
@@ -129,4 +124,3 @@ class CogVideoXStage(Stage):
             params["skipped_options"] = skipped
         # CogVideoX makes 8 fps video: the rate when neither the row nor the config's defaults say.
         return [Generated(to_uint8(video), fps=row.fps or 8, params=params) for video, row in zip(out.frames, rows)]
-

@@ -42,10 +42,36 @@ KEY_NAMES = frozenset({"max_f", "s"})
 # numexpr's math functions, by the number of arguments they take. Its reductions (sum, prod,
 # and max / min with one argument), complex and string functions are left out.
 FUNCTIONS: dict[str, int] = {
-    **{name: 1 for name in (
-        "abs", "arccos", "arccosh", "arcsin", "arcsinh", "arctan", "arctanh", "ceil", "cos", "cosh",
-        "exp", "expm1", "floor", "log", "log10", "log1p", "log2", "round", "sign", "sin", "sinh",
-        "sqrt", "tan", "tanh", "trunc")},
+    **{
+        name: 1
+        for name in (
+            "abs",
+            "arccos",
+            "arccosh",
+            "arcsin",
+            "arcsinh",
+            "arctan",
+            "arctanh",
+            "ceil",
+            "cos",
+            "cosh",
+            "exp",
+            "expm1",
+            "floor",
+            "log",
+            "log10",
+            "log1p",
+            "log2",
+            "round",
+            "sign",
+            "sin",
+            "sinh",
+            "sqrt",
+            "tan",
+            "tanh",
+            "trunc",
+        )
+    },
     **{name: 2 for name in ("arctan2", "copysign", "fmod", "hypot", "maximum", "minimum")},
     "where": 3,
 }
@@ -62,10 +88,10 @@ class ScheduleError(ValueError):
 
 @dataclass(frozen=True)
 class Keyframe:
-    key: str            # as written (quotes removed)
-    key_expr: str       # checked numexpr text of the key
-    value: str          # as written
-    value_expr: str     # checked numexpr text of the value
+    key: str  # as written (quotes removed)
+    key_expr: str  # checked numexpr text of the key
+    value: str  # as written
+    value_expr: str  # checked numexpr text of the value
     number: float | None  # the value when it is a plain number (interpolated), else None
 
 
@@ -131,9 +157,11 @@ def check_expression(text: str, names: frozenset[str], name: str, what: str = "v
 
     def bad(node: ast.AST, why: str):
         part = ast.get_source_segment(source, node) or type(node).__name__
-        return ScheduleError(f"{name}: {why} in {what} {source!r}: {part!r} (a schedule may only use numbers, "
-                             f"{allowed}, + - * / // % ** comparisons & | ~ and numexpr math functions "
-                             f"such as sin, cos, where, maximum)")
+        return ScheduleError(
+            f"{name}: {why} in {what} {source!r}: {part!r} (a schedule may only use numbers, "
+            f"{allowed}, + - * / // % ** comparisons & | ~ and numexpr math functions "
+            f"such as sin, cos, where, maximum)"
+        )
 
     def walk(node: ast.AST) -> ast.AST:
         if isinstance(node, ast.Expression):
@@ -160,8 +188,11 @@ def check_expression(text: str, names: frozenset[str], name: str, what: str = "v
         if isinstance(node, ast.UnaryOp) and isinstance(node.op, UNARY_OPS):
             return ast.UnaryOp(op=type(node.op)(), operand=walk(node.operand))
         if isinstance(node, ast.Compare) and all(isinstance(op, COMPARE_OPS) for op in node.ops):
-            return ast.Compare(left=walk(node.left), ops=[type(op)() for op in node.ops],
-                               comparators=[walk(c) for c in node.comparators])
+            return ast.Compare(
+                left=walk(node.left),
+                ops=[type(op)() for op in node.ops],
+                comparators=[walk(c) for c in node.comparators],
+            )
         if isinstance(node, ast.Call) and isinstance(node.func, ast.Name):
             func = node.func.id
             if node.keywords or any(isinstance(a, ast.Starred) for a in node.args):
@@ -198,7 +229,7 @@ def parse(text: str, name: str = "schedule") -> Schedule:
         if isinstance(text, (int, float)) and not isinstance(text, bool):
             text = f"0:({text})"  # a bare number in a settings object: a constant schedule
         else:
-            raise ScheduleError(f"{name}: must be a schedule string like \"0:(1.0), 30:(1.04)\", got {text!r}")
+            raise ScheduleError(f'{name}: must be a schedule string like "0:(1.0), 30:(1.04)", got {text!r}')
     keyframes = []
     for item in _split_top_level(text, ",", name):
         if not item.strip():
@@ -228,8 +259,9 @@ def numexpr_values(expr: str, name: str, what: str, t, max_f: int, seed: int) ->
 
     t = np.asarray(t, dtype=np.float64)
     try:
-        out = numexpr.evaluate(expr, local_dict={"t": t, "max_f": np.float64(max_f), "s": np.float64(seed)},
-                               global_dict={})
+        out = numexpr.evaluate(
+            expr, local_dict={"t": t, "max_f": np.float64(max_f), "s": np.float64(seed)}, global_dict={}
+        )
     except Exception as err:  # noqa: BLE001 - any numexpr failure is the schedule's fault
         raise ScheduleError(f"{name}: cannot evaluate {what} {expr!r}: {type(err).__name__}: {err}") from None
     return np.broadcast_to(np.asarray(out, dtype=np.float64), t.shape)

@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from raypipe.deforum.schedule import Schedule, evaluate, evaluate_expression, key_frame, parse
+from raypipe.families.deforum.schedule import Schedule, evaluate, evaluate_expression, key_frame, parse
 
 MODES = ("2D", "3D", "Video Input", "Interpolation")
 
@@ -91,10 +91,26 @@ DEFAULTS: dict[str, Any] = {
 IMPLEMENTED = frozenset(DEFAULTS)
 
 SCHEDULES = (
-    "angle", "zoom", "translation_x", "translation_y", "translation_z", "transform_center_x",
-    "transform_center_y", "rotation_3d_x", "rotation_3d_y", "rotation_3d_z", "fov_schedule",
-    "near_schedule", "far_schedule", "aspect_ratio_schedule", "noise_schedule", "strength_schedule",
-    "contrast_schedule", "cfg_scale_schedule", "steps_schedule", "seed_schedule",
+    "angle",
+    "zoom",
+    "translation_x",
+    "translation_y",
+    "translation_z",
+    "transform_center_x",
+    "transform_center_y",
+    "rotation_3d_x",
+    "rotation_3d_y",
+    "rotation_3d_z",
+    "fov_schedule",
+    "near_schedule",
+    "far_schedule",
+    "aspect_ratio_schedule",
+    "noise_schedule",
+    "strength_schedule",
+    "contrast_schedule",
+    "cfg_scale_schedule",
+    "steps_schedule",
+    "seed_schedule",
 )
 CHOICES: dict[str, tuple[str, ...]] = {
     "animation_mode": MODES,
@@ -107,15 +123,32 @@ CHOICES: dict[str, tuple[str, ...]] = {
 }
 # key: (minimum, maximum)
 INTS: dict[str, tuple[int, int]] = {
-    "max_frames": (1, 100_000), "W": (8, 8192), "H": (8, 8192), "seed": (-1, 2**32 - 1), "steps": (1, 1000),
-    "fps": (1, 240), "seed_iter_N": (1, 100_000), "perlin_octaves": (1, 7), "diffusion_cadence": (1, 200),
-    "extract_nth_frame": (1, 100_000), "extract_from_frame": (0, 10**9), "extract_to_frame": (-1, 10**9),
+    "max_frames": (1, 100_000),
+    "W": (8, 8192),
+    "H": (8, 8192),
+    "seed": (-1, 2**32 - 1),
+    "steps": (1, 1000),
+    "fps": (1, 240),
+    "seed_iter_N": (1, 100_000),
+    "perlin_octaves": (1, 7),
+    "diffusion_cadence": (1, 200),
+    "extract_nth_frame": (1, 100_000),
+    "extract_from_frame": (0, 10**9),
+    "extract_to_frame": (-1, 10**9),
 }
 FLOATS: dict[str, tuple[float, float]] = {
-    "strength": (0.0, 1.0), "perlin_w": (0.1, 64.0), "perlin_h": (0.1, 64.0), "perlin_persistence": (0.0, 1.0),
+    "strength": (0.0, 1.0),
+    "perlin_w": (0.1, 64.0),
+    "perlin_h": (0.1, 64.0),
+    "perlin_persistence": (0.0, 1.0),
 }
-BOOLS = ("use_init", "strength_0_no_init", "aspect_ratio_use_old_formula", "use_depth_warping",
-         "enable_steps_scheduling")
+BOOLS = (
+    "use_init",
+    "strength_0_no_init",
+    "aspect_ratio_use_old_formula",
+    "use_depth_warping",
+    "enable_steps_scheduling",
+)
 TEXTS = ("positive_prompts", "negative_prompts", "init_image", "video_init_path")
 
 # Deforum / A1111 sampler names (case-insensitive) -> a diffusers scheduler and its options.
@@ -158,13 +191,25 @@ SAMPLERS: dict[str, tuple[str, dict[str, Any]] | None] = {
 }
 # The names of the Deforum notebook (k-diffusion) settings files.
 SAMPLER_ALIASES = {
-    "klms": "lms", "euler_ancestral": "euler a", "dpm2_ancestral": "dpm2 a", "dpmpp_2s_a": "dpm++ 2s a",
-    "dpmpp_2m": "dpm++ 2m", "dpmpp_sde": "dpm++ sde", "dpm_fast": "dpm fast", "dpm_adaptive": "dpm adaptive",
+    "klms": "lms",
+    "euler_ancestral": "euler a",
+    "dpm2_ancestral": "dpm2 a",
+    "dpmpp_2s_a": "dpm++ 2s a",
+    "dpmpp_2m": "dpm++ 2m",
+    "dpmpp_sde": "dpm++ sde",
+    "dpm_fast": "dpm fast",
+    "dpm_adaptive": "dpm adaptive",
 }
 
 # The row's common fields that stand in for Deforum keys (layer 2 above).
-COMMON_FIELDS = {"num_frames": "max_frames", "height": "H", "width": "W", "num_inference_steps": "steps",
-                 "fps": "fps", "negative_prompt": "negative_prompts"}
+COMMON_FIELDS = {
+    "num_frames": "max_frames",
+    "height": "H",
+    "width": "W",
+    "num_inference_steps": "steps",
+    "fps": "fps",
+    "negative_prompt": "negative_prompts",
+}
 
 _WEIGHT = re.compile(r"`([^`]*)`")  # Deforum's `expression` weights inside prompts
 
@@ -177,7 +222,9 @@ def sampler_scheduler(name: str) -> tuple[str, dict[str, Any]]:
         raise ValueError(f"unknown sampler {name!r} (known: {known})")
     target = SAMPLERS[key]
     if target is None:
-        raise ValueError(f"sampler {name!r} has no diffusers counterpart; choose another (e.g. 'Euler a', 'DPM++ 2M Karras')")
+        raise ValueError(
+            f"sampler {name!r} has no diffusers counterpart; choose another (e.g. 'Euler a', 'DPM++ 2M Karras')"
+        )
     return target
 
 
@@ -198,8 +245,9 @@ def read_settings_file(uri: str) -> dict[str, Any]:
     try:
         data = json.loads(text)
     except json.JSONDecodeError as err:
-        raise ValueError(f"deforum_settings: {uri} is not a Deforum settings file (JSON): "
-                         f"{err.msg} at line {err.lineno}") from None
+        raise ValueError(
+            f"deforum_settings: {uri} is not a Deforum settings file (JSON): {err.msg} at line {err.lineno}"
+        ) from None
     if not isinstance(data, dict):
         raise ValueError(f"deforum_settings: {uri} must hold a JSON object of Deforum keys")
     return data
@@ -260,7 +308,7 @@ def _as_prompts(where: str, value: Any) -> dict[str, str]:
             loaded = None
         value = loaded if isinstance(loaded, dict) else {"0": value}
     if not isinstance(value, dict) or not value:
-        raise ValueError(f"{where}: must be an object of frame: prompt, e.g. {{\"0\": \"a cat\", \"30\": \"a dog\"}}")
+        raise ValueError(f'{where}: must be an object of frame: prompt, e.g. {{"0": "a cat", "30": "a dog"}}')
     prompts = {}
     for key, text in value.items():
         if not isinstance(text, str):
@@ -276,8 +324,8 @@ class DeforumSettings:
     values: dict[str, Any]
     schedules: dict[str, Schedule]
     unimplemented: list[str]
-    seed: int                     # the seed of frame 0 (Deforum's -1 replaced by the row's seed)
-    max_frames_given: bool        # max_frames was set in the row's `deforum` object
+    seed: int  # the seed of frame 0 (Deforum's -1 replaced by the row's seed)
+    max_frames_given: bool  # max_frames was set in the row's `deforum` object
     # key -> the layer it came from: "default", "row:<field>", "deforum_settings" or "deforum"
     sources: dict[str, str] = field(default_factory=dict)
 
@@ -340,8 +388,9 @@ def _where(sources: dict[str, str], key: str) -> str:
     return f"{'deforum' if source == 'default' else source}.{key}"
 
 
-def resolve(deforum: dict[str, Any] | None, settings_uri: str | None, common: dict[str, Any],
-            row_seed: int) -> DeforumSettings:
+def resolve(
+    deforum: dict[str, Any] | None, settings_uri: str | None, common: dict[str, Any], row_seed: int
+) -> DeforumSettings:
     """The settings of one row (see the module doc). ValueError names the key."""
     merged: dict[str, Any] = dict(DEFAULTS)
     sources: dict[str, str] = dict.fromkeys(DEFAULTS, "default")
@@ -353,8 +402,10 @@ def resolve(deforum: dict[str, Any] | None, settings_uri: str | None, common: di
     if common.get("guidance_scale") is not None:
         merged["cfg_scale_schedule"] = f"0: ({float(common['guidance_scale'])})"
         sources["cfg_scale_schedule"] = "row:guidance_scale"
-    for source, layer in (("deforum_settings", read_settings_file(settings_uri) if settings_uri else {}),
-                          ("deforum", deforum or {})):
+    for source, layer in (
+        ("deforum_settings", read_settings_file(settings_uri) if settings_uri else {}),
+        ("deforum", deforum or {}),
+    ):
         for key, value in layer.items():
             merged[key], sources[key] = value, source
 
@@ -402,10 +453,14 @@ def resolve(deforum: dict[str, Any] | None, settings_uri: str | None, common: di
     for key in SCHEDULES:
         schedules[key] = parse(values[key], _where(sources, key))
         evaluate(schedules[key], frames, seed)  # evaluation errors (1/0, ...) reject the row now
-    settings = DeforumSettings(values=values, schedules=schedules,
-                               unimplemented=sorted(k for k in merged if k not in IMPLEMENTED),
-                               seed=seed, max_frames_given=bool(deforum) and "max_frames" in deforum,
-                               sources=sources)
+    settings = DeforumSettings(
+        values=values,
+        schedules=schedules,
+        unimplemented=sorted(k for k in merged if k not in IMPLEMENTED),
+        seed=seed,
+        max_frames_given=bool(deforum) and "max_frames" in deforum,
+        sources=sources,
+    )
     # Prompt keys and `weights` are checked now too.
     for frame, text in settings.prompt_keyframes(frames):
         settings.prompt_at(text, max(frame, 0), frames)

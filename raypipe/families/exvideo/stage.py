@@ -4,11 +4,11 @@
   LoRA (`models.lora`, ExVideo-CogVideoX-LoRA-129f-v1) active: text-to-video, up to 129 frames.
 - `base: svd`: StableVideoDiffusionPipeline on `models.svd` (SVD-XT) whose UNet carries the
   ExVideo-SVD extension loaded from `models.svd_extension` (ExVideo-SVD-128f-v1's
-  model.fp16.safetensors; raypipe/models/exvideo_svd.py): image-to-video, up to 128 frames.
+  model.fp16.safetensors; raypipe/families/exvideo/svd_extension.py): image-to-video, up to 128 frames.
 
 A row's `model` replaces the base checkpoint of its base. Both bases load on first use, each
 once per actor; the config's `options` apply to both (an option a base cannot use is skipped
-and the video's params_json says so: see raypipe/models/pipeline_options.py).
+and the video's params_json says so: see raypipe/families/options.py).
 """
 
 from __future__ import annotations
@@ -19,11 +19,11 @@ from typing import Any
 import numpy as np
 
 from raypipe import parallel
-from raypipe.models.cogvideox_lora import activate_loras, load_lora
-from raypipe.models.pipeline_options import COMMON_OPTIONS, apply_options, check_options, skipped_options
-from raypipe.schema import ExVideoRow
-from raypipe.stages.base import Generated, Stage, to_uint8
-from raypipe.video import read_image
+from raypipe.families.cogvideox.lora import cogvideox_loras
+from raypipe.families.exvideo.schema import ExVideoRow
+from raypipe.families.inputs import input_image
+from raypipe.families.options import COMMON_OPTIONS, apply_options, check_options, skipped_options
+from raypipe.stage import Generated, Stage, to_uint8
 
 OPTIONS = (*COMMON_OPTIONS, "decode_chunk_size")
 # What an svd row gets when it leaves these out (SVD's own defaults).
@@ -46,29 +46,20 @@ class ExVideoStage(Stage):
     def load_pipeline(self, path: str) -> Any:
         from diffusers import CogVideoXPipeline, DiffusionPipeline, StableVideoDiffusionPipeline
 
-        from raypipe.models.exvideo_svd import load_exvideo_svd
+        from raypipe.families.exvideo.svd_extension import load_exvideo_svd
         from raypipe.models.weights import read_safetensors
 
         pipe = DiffusionPipeline.from_pretrained(path, dtype=self.torch_dtype)
-        if type(pipe) is CogVideoXPipeline:
-            load_lora(pipe, self.role("lora"))  # made active per call, with the row's own LoRAs
-        elif type(pipe) is StableVideoDiffusionPipeline:
+        # base cogvideox: the ExVideo LoRA is loaded with the row's own LoRAs, on the first call
+        if type(pipe) is StableVideoDiffusionPipeline:
             load_exvideo_svd(pipe.unet, read_safetensors(self.role("svd_extension")))
-        else:
-            raise ValueError(f"model: {path} is a {type(pipe).__name__}; exvideo needs a CogVideoX "
-                             f"text-to-video or a Stable Video Diffusion checkpoint")
+        elif type(pipe) is not CogVideoXPipeline:
+            raise ValueError(
+                f"model: {path} is a {type(pipe).__name__}; exvideo needs a CogVideoX "
+                f"text-to-video or a Stable Video Diffusion checkpoint"
+            )
         pipe.set_progress_bar_config(disable=True)
         return apply_options(pipe, self.config.options, self.device)
-
-    def model_for(self, row: ExVideoRow) -> str:
-        return row.model or (self.config.model if row.base == "cogvideox" else self.role("svd"))
-
-    def process(self, rows: list[ExVideoRow], inputs: list[dict[str, Any] | str] | None = None):
-        # The metadata's `model` names the checkpoint that made the video: svd rows have their own.
-        svd = self.config.models.get("svd")
-        rows = [row.model_copy(update={"model": svd}) if row.base == "svd" and svd and not row.model else row
-                for row in rows]
-        return super().process(rows, inputs)
 
     def base_pipeline(self, row: ExVideoRow) -> Any:
         from diffusers import CogVideoXPipeline, StableVideoDiffusionPipeline
@@ -79,16 +70,22 @@ class ExVideoStage(Stage):
     def batch_key(self, row: ExVideoRow) -> Hashable:
         loras = tuple((spec.path, spec.weight) for spec in row.lora)
         svd = (row.fps, row.motion_bucket_id, row.noise_aug_strength, row.min_guidance_scale)
-        return (row.base, row.model, row.num_frames, row.height, row.width, row.num_inference_steps,
-                row.guidance_scale, loras, svd if row.base == "svd" else None)
+        return (
+            row.base,
+            row.model,
+            row.num_frames,
+            row.height,
+            row.width,
+            row.num_inference_steps,
+            row.guidance_scale,
+            loras,
+            svd if row.base == "svd" else None,
+        )
 
     def load_inputs(self, row: ExVideoRow) -> dict[str, Any]:
         if row.base != "svd":
             return {}
-        try:
-            return {"image": np.asarray(read_image(row.image, (row.height, row.width)))}
-        except Exception as err:  # noqa: BLE001 - the row fails with the reason
-            raise ValueError(f"image: cannot read {row.image}: {type(err).__name__}: {err}") from None
+        return {"image": np.asarray(input_image("image", row.image, (row.height, row.width)))}
 
     def generate(self, rows: list[ExVideoRow], inputs: list[dict[str, Any]]) -> list[Generated]:
         # -- sequence parallel (raypipe/parallel): base cogvideox rows with sp_degree > 1 run on a
@@ -104,29 +101,44 @@ class ExVideoStage(Stage):
         generators = [torch.Generator("cpu").manual_seed(row.seed) for row in rows]
         params: dict[str, Any] = {"pipeline": type(pipe).__name__}
         if first.base == "cogvideox":
-            activate_loras(pipe, [(self.role("lora"), 1.0)] + [(spec.path, spec.weight) for spec in first.lora])
+            self.loras_of(self.model_for(first), cogvideox_loras).activate(
+                [(self.role("lora"), 1.0)] + [(spec.path, spec.weight) for spec in first.lora]
+            )
             params["exvideo_lora"] = self.role("lora")
             if first.lora:
                 params["lora"] = [spec.model_dump() for spec in first.lora]
             out = pipe(
-                prompt=[row.prompt for row in rows], negative_prompt=[row.negative_prompt for row in rows],
-                num_frames=first.num_frames, height=first.height, width=first.width,
-                num_inference_steps=first.num_inference_steps, guidance_scale=first.guidance_scale,
-                generator=generators, output_type="np",
+                prompt=[row.prompt for row in rows],
+                negative_prompt=[row.negative_prompt for row in rows],
+                num_frames=first.num_frames,
+                height=first.height,
+                width=first.width,
+                num_inference_steps=first.num_inference_steps,
+                guidance_scale=first.guidance_scale,
+                generator=generators,
+                output_type="np",
                 max_sequence_length=pipe.transformer.config.max_text_seq_length,
             )
         else:
             from PIL import Image
 
-            svd = {name: getattr(first, name) if getattr(first, name) is not None else default
-                   for name, default in SVD_DEFAULTS.items()}
+            svd = {
+                name: getattr(first, name) if getattr(first, name) is not None else default
+                for name, default in SVD_DEFAULTS.items()
+            }
             params.update(exvideo_svd=self.role("svd_extension"), **svd)
             out = pipe(
                 image=[Image.fromarray(inp["image"]) for inp in inputs],
-                num_frames=first.num_frames, height=first.height, width=first.width,
-                num_inference_steps=first.num_inference_steps, max_guidance_scale=first.guidance_scale,
-                fps=first.fps, decode_chunk_size=self.config.options.get("decode_chunk_size"),
-                generator=generators, output_type="np", **svd,
+                num_frames=first.num_frames,
+                height=first.height,
+                width=first.width,
+                num_inference_steps=first.num_inference_steps,
+                max_guidance_scale=first.guidance_scale,
+                fps=first.fps,
+                decode_chunk_size=self.config.options.get("decode_chunk_size"),
+                generator=generators,
+                output_type="np",
+                **svd,
             )
         skipped = skipped_options(pipe, self.config.options, self.device)
         if skipped:

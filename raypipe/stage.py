@@ -8,6 +8,8 @@ benchmark or a notebook can drive one directly:
 
     stage = CogVideoXStage(load_config().kinds["cogvideox"]); stage.setup()
     results = stage.process([validate_row({...})])
+
+Each family's stage is in its package (raypipe/families/<kind>/stage.py).
 """
 
 from __future__ import annotations
@@ -20,14 +22,15 @@ import traceback
 from collections import OrderedDict
 from collections.abc import Hashable
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any, ClassVar
 
 import numpy as np
 
 from raypipe.config import KindConfig
+from raypipe.metadata import Metadata, metadata_from_row
 from raypipe.models.tiny import resolve_model
-from raypipe.schema import RowBase, metadata_from_row
+from raypipe.schema import RowBase
 
 
 @dataclass
@@ -43,12 +46,12 @@ class Generated:
 class Result:
     """A row after its stage: metadata (status ok/failed) and, when ok, its frames."""
 
-    meta: dict[str, Any]
+    meta: Metadata
     frames: np.ndarray | None = None
 
 
 def utcnow() -> datetime:
-    return datetime.now(timezone.utc)
+    return datetime.now(UTC)
 
 
 def to_uint8(frames) -> np.ndarray:
@@ -70,6 +73,7 @@ class Stage:
     def __init__(self, config: KindConfig):
         self.config = config
         self._pipelines: OrderedDict[str, Any] = OrderedDict()
+        self._loras: dict[str, Any] = {}  # model -> LoraAdapters of its pipeline (raypipe/families/lora.py)
 
     # ---- resources and device -------------------------------------------------------
 
@@ -132,18 +136,39 @@ class Stage:
             self._pipelines.move_to_end(model)
             return self._pipelines[model]
         while len(self._pipelines) >= self.max_loaded_pipelines:
-            self._pipelines.popitem(last=False)
+            evicted, _ = self._pipelines.popitem(last=False)
+            self._loras.pop(evicted, None)
         pipe = self.load_pipeline(resolve_model(model))
         self._pipelines[model] = pipe
         return pipe
+
+    def loras_of(self, model: str, make) -> Any:
+        """The LoRA adapters of the pipeline loaded for `model`: make(pipeline) on first use."""
+        if model not in self._loras:
+            self._loras[model] = make(self.pipeline(model))
+        return self._loras[model]
+
+    def model_for(self, row: RowBase) -> str:
+        """The checkpoint `row` runs on: its `model`, else the config's for its mode (the family's
+        rule, raypipe/families/<kind>/__init__.py). Raises ValueError('model: ...')."""
+        from raypipe.families import family
+
+        return family(self.kind).model_of(row, self.config)
+
+    def _model_name(self, row: RowBase) -> str:
+        try:
+            return self.model_for(row)
+        except ValueError:
+            return row.model or self.config.model
 
     def pipeline_of_type(self, model: str, wanted: type, needed_by: str) -> Any:
         """pipeline(model), which must be a `wanted`: a row naming another kind of checkpoint fails
         on its `model` field ("<needed_by> needs a <wanted> checkpoint")."""
         pipe = self.pipeline(model)
         if type(pipe) is not wanted:
-            raise ValueError(f"model: {model} is a {type(pipe).__name__}; {needed_by} needs a "
-                             f"{wanted.__name__} checkpoint")
+            raise ValueError(
+                f"model: {model} is a {type(pipe).__name__}; {needed_by} needs a {wanted.__name__} checkpoint"
+            )
         return pipe
 
     # ---- generation -----------------------------------------------------------------
@@ -170,9 +195,15 @@ class Stage:
 
     def _failed(self, row: RowBase, error: str, started: datetime, seconds: float, **params) -> Result:
         meta = metadata_from_row(row, "failed", error)
-        meta.update(started_at=started, finished_at=utcnow(), gen_seconds=seconds, worker=self.worker_name(),
-                    device=self.device_name(), model=row.model or self.config.model,
-                    params_json=json.dumps({**self.common_params(), **params}, sort_keys=True, default=str))
+        meta.update(
+            started_at=started,
+            finished_at=utcnow(),
+            gen_seconds=seconds,
+            worker=self.worker_name(),
+            device=self.device_name(),
+            model=self._model_name(row),
+            params_json=json.dumps({**self.common_params(), **params}, sort_keys=True, default=str),
+        )
         return Result(meta)
 
     def _run_group(self, rows: list[RowBase], inputs: list[dict[str, Any]]) -> list[Result]:
@@ -185,19 +216,29 @@ class Stage:
         except Exception as err:  # noqa: BLE001 - a failing row records its error and flows on
             if len(rows) > 1:  # find which rows fail: retry them one by one
                 return [r for row, inp in zip(rows, inputs) for r in self._run_group([row], [inp])]
-            return [self._failed(rows[0], error_text(err), started, time.perf_counter() - t0,
-                                 traceback=traceback.format_exc(limit=4))]
+            return [
+                self._failed(
+                    rows[0], error_text(err), started, time.perf_counter() - t0, traceback=traceback.format_exc(limit=4)
+                )
+            ]
         seconds = (time.perf_counter() - t0) / len(rows)
         results = []
         for row, gen in zip(rows, generated):
             meta = metadata_from_row(row, "ok")
             frames = gen.frames
             meta.update(
-                num_frames=int(frames.shape[0]), height=int(frames.shape[1]), width=int(frames.shape[2]),
-                fps=int(gen.fps), model=row.model or self.config.model,
-                params_json=json.dumps({**self.common_params(), **gen.params, "batch_rows": len(rows)},
-                                       sort_keys=True, default=str),
-                gen_seconds=seconds, started_at=started, worker=self.worker_name(), device=self.device_name(),
+                num_frames=int(frames.shape[0]),
+                height=int(frames.shape[1]),
+                width=int(frames.shape[2]),
+                fps=int(gen.fps),
+                model=self._model_name(row),
+                params_json=json.dumps(
+                    {**self.common_params(), **gen.params, "batch_rows": len(rows)}, sort_keys=True, default=str
+                ),
+                gen_seconds=seconds,
+                started_at=started,
+                worker=self.worker_name(),
+                device=self.device_name(),
             )
             results.append(Result(meta, frames))
         return results

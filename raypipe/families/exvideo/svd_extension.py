@@ -35,13 +35,22 @@ EXVIDEO_SVD_FRAMES = 128
 # UNetSpatioTemporalConditionModel (SVD / SVD-XT layout: 3 cross-attention down blocks of 2
 # layers, a mid block, 3 cross-attention up blocks of 3 layers).
 RELEASED_BLOCKS: dict[int, str] = {
-    7: "down_blocks.0.attentions.0", 17: "down_blocks.0.attentions.1",
-    29: "down_blocks.1.attentions.0", 39: "down_blocks.1.attentions.1",
-    51: "down_blocks.2.attentions.0", 61: "down_blocks.2.attentions.1",
+    7: "down_blocks.0.attentions.0",
+    17: "down_blocks.0.attentions.1",
+    29: "down_blocks.1.attentions.0",
+    39: "down_blocks.1.attentions.1",
+    51: "down_blocks.2.attentions.0",
+    61: "down_blocks.2.attentions.1",
     83: "mid_block.attentions.0",
-    113: "up_blocks.1.attentions.0", 123: "up_blocks.1.attentions.1", 133: "up_blocks.1.attentions.2",
-    144: "up_blocks.2.attentions.0", 154: "up_blocks.2.attentions.1", 164: "up_blocks.2.attentions.2",
-    175: "up_blocks.3.attentions.0", 185: "up_blocks.3.attentions.1", 195: "up_blocks.3.attentions.2",
+    113: "up_blocks.1.attentions.0",
+    123: "up_blocks.1.attentions.1",
+    133: "up_blocks.1.attentions.2",
+    144: "up_blocks.2.attentions.0",
+    154: "up_blocks.2.attentions.1",
+    164: "up_blocks.2.attentions.2",
+    175: "up_blocks.3.attentions.0",
+    185: "up_blocks.3.attentions.1",
+    195: "up_blocks.3.attentions.2",
 }
 
 # Released layer name inside a block -> layer inside ExVideoSpatioTemporalTransformer (the
@@ -101,8 +110,10 @@ class FramePositionEmbedding(nn.Module):
 
     def forward(self, frame_ids: torch.Tensor) -> torch.Tensor:
         if int(frame_ids.max()) >= self.max_frames:
-            raise ValueError(f"num_frames: ExVideo-SVD has position embeddings for {self.max_frames} frames, "
-                             f"asked for {int(frame_ids.max()) + 1}")
+            raise ValueError(
+                f"num_frames: ExVideo-SVD has position embeddings for {self.max_frames} frames, "
+                f"asked for {int(frame_ids.max()) + 1}"
+            )
         return self.embeddings[frame_ids]
 
 
@@ -121,11 +132,22 @@ class ExVideoSpatioTemporalTransformer(TransformerSpatioTemporalModel):
     docstring): `time_proj` is a FramePositionEmbedding and `positional_conv` runs on the
     temporal block's input. Everything else is the base module's code and weights."""
 
-    def __init__(self, num_attention_heads: int, attention_head_dim: int, in_channels: int,
-                 num_layers: int = 1, cross_attention_dim: int | None = None,
-                 max_frames: int = EXVIDEO_SVD_FRAMES):
-        super().__init__(num_attention_heads=num_attention_heads, attention_head_dim=attention_head_dim,
-                         in_channels=in_channels, num_layers=num_layers, cross_attention_dim=cross_attention_dim)
+    def __init__(
+        self,
+        num_attention_heads: int,
+        attention_head_dim: int,
+        in_channels: int,
+        num_layers: int = 1,
+        cross_attention_dim: int | None = None,
+        max_frames: int = EXVIDEO_SVD_FRAMES,
+    ):
+        super().__init__(
+            num_attention_heads=num_attention_heads,
+            attention_head_dim=attention_head_dim,
+            in_channels=in_channels,
+            num_layers=num_layers,
+            cross_attention_dim=cross_attention_dim,
+        )
         self.time_proj = FramePositionEmbedding(in_channels, max_frames)
         self.positional_conv = identity_conv3d(self.inner_dim)
 
@@ -133,26 +155,36 @@ class ExVideoSpatioTemporalTransformer(TransformerSpatioTemporalModel):
     def from_base(cls, base: TransformerSpatioTemporalModel, max_frames: int) -> ExVideoSpatioTemporalTransformer:
         """The extended module with `base`'s weights (on its device and dtype)."""
         param = next(base.parameters())
-        extended = cls(num_attention_heads=base.num_attention_heads, attention_head_dim=base.attention_head_dim,
-                       in_channels=base.in_channels, num_layers=len(base.transformer_blocks),
-                       cross_attention_dim=base.transformer_blocks[0].attn2.cross_attention_dim,
-                       max_frames=max_frames)
+        extended = cls(
+            num_attention_heads=base.num_attention_heads,
+            attention_head_dim=base.attention_head_dim,
+            in_channels=base.in_channels,
+            num_layers=len(base.transformer_blocks),
+            cross_attention_dim=base.transformer_blocks[0].attn2.cross_attention_dim,
+            max_frames=max_frames,
+        )
         missing, unexpected = extended.load_state_dict(base.state_dict(), strict=False)
         added = {"time_proj.embeddings", "positional_conv.weight", "positional_conv.bias"}
         if set(missing) != added or unexpected:
             raise RuntimeError(f"not an SVD temporal transformer: missing {missing}, unexpected {unexpected}")
         return extended.to(device=param.device, dtype=param.dtype)
 
-    def _positional_conv(self, hidden_states: torch.Tensor, batch_size: int, num_frames: int,
-                         height: int, width: int) -> torch.Tensor:
+    def _positional_conv(
+        self, hidden_states: torch.Tensor, batch_size: int, num_frames: int, height: int, width: int
+    ) -> torch.Tensor:
         # [B*F, H*W, C] -> [B, C, F, H, W] -> conv -> back
         channels = hidden_states.shape[-1]
         video = hidden_states.reshape(batch_size, num_frames, height, width, channels).permute(0, 4, 1, 2, 3)
         video = self.positional_conv(video)
         return video.permute(0, 2, 3, 4, 1).reshape(batch_size * num_frames, height * width, channels)
 
-    def forward(self, hidden_states: torch.Tensor, encoder_hidden_states: torch.Tensor | None = None,
-                image_only_indicator: torch.Tensor | None = None, return_dict: bool = True):
+    def forward(
+        self,
+        hidden_states: torch.Tensor,
+        encoder_hidden_states: torch.Tensor | None = None,
+        image_only_indicator: torch.Tensor | None = None,
+        return_dict: bool = True,
+    ):
         # The base forward (diffusers 0.42), with ExVideo's positional conv before the temporal block.
         batch_frames, _, height, width = hidden_states.shape
         num_frames = image_only_indicator.shape[-1]
@@ -161,8 +193,9 @@ class ExVideoSpatioTemporalTransformer(TransformerSpatioTemporalModel):
         # Temporal cross-attention sees the first frame's context, for every pixel.
         time_context = encoder_hidden_states
         time_context = time_context[None, :].reshape(batch_size, num_frames, -1, time_context.shape[-1])[:, 0]
-        time_context = time_context[:, None].broadcast_to(batch_size, height * width, time_context.shape[-2],
-                                                          time_context.shape[-1])
+        time_context = time_context[:, None].broadcast_to(
+            batch_size, height * width, time_context.shape[-2], time_context.shape[-1]
+        )
         time_context = time_context.reshape(batch_size * height * width, -1, time_context.shape[-1])
 
         residual = hidden_states
@@ -176,15 +209,18 @@ class ExVideoSpatioTemporalTransformer(TransformerSpatioTemporalModel):
 
         for block, temporal_block in zip(self.transformer_blocks, self.temporal_transformer_blocks):
             if torch.is_grad_enabled() and self.gradient_checkpointing:
-                hidden_states = self._gradient_checkpointing_func(block, hidden_states, None, encoder_hidden_states,
-                                                                  None)
+                hidden_states = self._gradient_checkpointing_func(
+                    block, hidden_states, None, encoder_hidden_states, None
+                )
             else:
                 hidden_states = block(hidden_states, encoder_hidden_states=encoder_hidden_states)
             hidden_states_mix = self._positional_conv(hidden_states + emb, batch_size, num_frames, height, width)
-            hidden_states_mix = temporal_block(hidden_states_mix, num_frames=num_frames,
-                                               encoder_hidden_states=time_context)
-            hidden_states = self.time_mixer(x_spatial=hidden_states, x_temporal=hidden_states_mix,
-                                            image_only_indicator=image_only_indicator)
+            hidden_states_mix = temporal_block(
+                hidden_states_mix, num_frames=num_frames, encoder_hidden_states=time_context
+            )
+            hidden_states = self.time_mixer(
+                x_spatial=hidden_states, x_temporal=hidden_states_mix, image_only_indicator=image_only_indicator
+            )
 
         hidden_states = self.proj_out(hidden_states)
         hidden_states = hidden_states.reshape(batch_frames, height, width, inner_dim).permute(0, 3, 1, 2).contiguous()
@@ -200,8 +236,7 @@ class ExVideoSpatioTemporalTransformer(TransformerSpatioTemporalModel):
 def extend_unet(unet, max_frames: int = EXVIDEO_SVD_FRAMES):
     """Replace each TransformerSpatioTemporalModel of an SVD UNet by its ExVideo extension
     (identity-initialised: the UNet computes what it did for up to 25 frames). In place."""
-    targets = [name for name, module in unet.named_modules()
-               if type(module) is TransformerSpatioTemporalModel]
+    targets = [name for name, module in unet.named_modules() if type(module) is TransformerSpatioTemporalModel]
     missing = sorted(set(RELEASED_BLOCKS.values()) - set(targets))
     if missing:
         raise ValueError(f"not an SVD UNet layout: no temporal transformer at {', '.join(missing)}")
@@ -235,7 +270,7 @@ def diffusers_to_released(state_dict: dict[str, torch.Tensor]) -> dict[str, torc
     for key, value in state_dict.items():
         for path, index in blocks.items():
             if key.startswith(path + "."):
-                name, _, leaf = key[len(path) + 1:].rpartition(".")
+                name, _, leaf = key[len(path) + 1 :].rpartition(".")
                 if name in suffixes:
                     out[f"blocks.{index}.{suffixes[name]}.{leaf}"] = value
     return out
@@ -261,7 +296,8 @@ def load_exvideo_svd(unet, checkpoint: str | dict[str, torch.Tensor]):
     own = unet.state_dict()
     for key, value in weights.items():
         if own[key].shape != value.shape:
-            raise ValueError(f"ExVideo-SVD checkpoint: {key} has shape {tuple(value.shape)}, "
-                             f"the UNet wants {tuple(own[key].shape)}")
+            raise ValueError(
+                f"ExVideo-SVD checkpoint: {key} has shape {tuple(value.shape)}, the UNet wants {tuple(own[key].shape)}"
+            )
     unet.load_state_dict(weights, strict=False)
     return unet

@@ -14,9 +14,16 @@ import numpy as np
 TRANSLATION_SCALE = 1.0 / 200.0
 
 
-def warp_2d(image: np.ndarray, angle: float = 0.0, zoom: float = 1.0, translation_x: float = 0.0,
-            translation_y: float = 0.0, center_x: float = 0.5, center_y: float = 0.5,
-            border: str = "replicate") -> np.ndarray:
+def warp_2d(
+    image: np.ndarray,
+    angle: float = 0.0,
+    zoom: float = 1.0,
+    translation_x: float = 0.0,
+    translation_y: float = 0.0,
+    center_x: float = 0.5,
+    center_y: float = 0.5,
+    border: str = "replicate",
+) -> np.ndarray:
     """Rotate by `angle` degrees and scale by `zoom` about (center_x, center_y) (fractions of
     the frame), after shifting by (translation_x, translation_y) pixels; pixels that come in
     from outside repeat the edge (`replicate`) or the opposite side (`wrap`)."""
@@ -84,11 +91,23 @@ def depth_to_z(depth: np.ndarray | None, shape: tuple[int, int], disparity: bool
     return 2.0 - equalized if disparity else 1.0 + equalized
 
 
-def warp_3d(image: np.ndarray, depth: np.ndarray | None = None, translation_x: float = 0.0,
-            translation_y: float = 0.0, translation_z: float = 0.0, rotation_x: float = 0.0,
-            rotation_y: float = 0.0, rotation_z: float = 0.0, fov: float = 70.0, near: float = 200.0,
-            far: float = 10000.0, aspect_ratio: float = 1.0, padding_mode: str = "border",
-            sampling_mode: str = "bicubic", disparity: bool = True) -> np.ndarray:
+def warp_3d(
+    image: np.ndarray,
+    depth: np.ndarray | None = None,
+    translation_x: float = 0.0,
+    translation_y: float = 0.0,
+    translation_z: float = 0.0,
+    rotation_x: float = 0.0,
+    rotation_y: float = 0.0,
+    rotation_z: float = 0.0,
+    fov: float = 70.0,
+    near: float = 200.0,
+    far: float = 10000.0,
+    aspect_ratio: float = 1.0,
+    padding_mode: str = "border",
+    sampling_mode: str = "bicubic",
+    disparity: bool = True,
+) -> np.ndarray:
     """Move the camera through the scene that `depth` (same H x W as the image) describes, as
     Deforum's transform_image_3d_new: every pixel becomes a 3D point at its depth, is seen
     from the moved camera, and the image is resampled (torch grid_sample with `sampling_mode`
@@ -99,12 +118,17 @@ def warp_3d(image: np.ndarray, depth: np.ndarray | None = None, translation_x: f
 
     height, width = image.shape[:2]
     z = torch.from_numpy(depth_to_z(depth, (height, width), disparity))
-    y, x = torch.meshgrid(torch.linspace(-1.0, 1.0, height, dtype=torch.float64),
-                          torch.linspace(-1.0, 1.0, width, dtype=torch.float64), indexing="ij")
+    y, x = torch.meshgrid(
+        torch.linspace(-1.0, 1.0, height, dtype=torch.float64),
+        torch.linspace(-1.0, 1.0, width, dtype=torch.float64),
+        indexing="ij",
+    )
     points = torch.stack([x.flatten(), y.flatten(), z.flatten()], dim=1)
     projection = fov_projection(near, far, aspect_ratio, fov)
-    translate = torch.tensor([-translation_x * TRANSLATION_SCALE, translation_y * TRANSLATION_SCALE,
-                              -translation_z * TRANSLATION_SCALE], dtype=torch.float64)
+    translate = torch.tensor(
+        [-translation_x * TRANSLATION_SCALE, translation_y * TRANSLATION_SCALE, -translation_z * TRANSLATION_SCALE],
+        dtype=torch.float64,
+    )
     rotate = rotation_matrix_xyz(math.radians(rotation_x), math.radians(rotation_y), math.radians(rotation_z))
     old = _project(points, torch.eye(3, dtype=torch.float64), torch.zeros(3, dtype=torch.float64), projection)
     new = _project(points, rotate, translate, projection)

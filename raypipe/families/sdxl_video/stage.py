@@ -13,20 +13,19 @@ it is made, `decode_chunk_size` frames (config option, default 8) at a time. Onl
 uint8 frames accumulate (the stage returns the whole video).
 
 A row's `lora` list (SDXL LoRAs: the 2D weights keep SDXL's names) is loaded once per pipeline
-through SDXL's LoRA loader, as peft adapters named after their paths, and made active per row.
+through SDXL's LoRA loader, as peft adapters, and made active per row (raypipe/families/lora.py).
 """
 
 from __future__ import annotations
 
-import hashlib
-import os
 from typing import Any
 
 import numpy as np
 
-from raypipe.schema import SDXLVideoRow
-from raypipe.stages.base import Generated, Stage, to_uint8
-from raypipe.video import read_image
+from raypipe.families.inputs import input_image
+from raypipe.families.lora import LoraAdapters
+from raypipe.families.sdxl_video.schema import SDXLVideoRow
+from raypipe.stage import Generated, Stage, to_uint8
 
 
 class SDXLVideoStage(Stage):
@@ -49,43 +48,12 @@ class SDXLVideoStage(Stage):
     def load_inputs(self, row: SDXLVideoRow) -> dict[str, Any]:
         if not row.image:
             return {}
-        try:
-            return {"image": read_image(row.image, size=(row.height, row.width))}
-        except Exception as err:  # noqa: BLE001 - the row fails naming the field
-            raise ValueError(f"image: cannot read {row.image}: {type(err).__name__}: {err}") from None
+        return {"image": input_image("image", row.image, size=(row.height, row.width))}
 
-    @staticmethod
-    def lora_source(path: str):
-        """What load_lora_weights gets: a folder or a hub repo id (`org/repo`) as is, where it
-        finds the weights file itself; any other path or URI read into a state dict."""
-        from raypipe.models.tiny import resolve_model
-        from raypipe.models.weights import read_safetensors
-
-        path = resolve_model(path)
-        if os.path.isdir(path) or (path.count("/") == 1 and "://" not in path and not os.path.exists(path)):
-            return path
-        return read_safetensors(path)
-
-    def use_loras(self, pipe, row: SDXLVideoRow) -> list[dict[str, Any]]:
+    def use_loras(self, row: SDXLVideoRow) -> list[dict[str, Any]]:
         """Make exactly the row's LoRAs active, at the row's weights (loading new ones)."""
-        loaded = {name for names in pipe.get_list_adapters().values() for name in names}
-        if not row.lora:
-            if loaded:
-                pipe.disable_lora()
-            return []
-        names = []
-        for spec in row.lora:
-            name = "lora_" + hashlib.sha1(spec.path.encode()).hexdigest()[:12]  # peft names: no dots
-            if name not in loaded:
-                try:
-                    pipe.load_lora_weights(self.lora_source(spec.path), adapter_name=name)
-                except Exception as err:  # noqa: BLE001 - the row fails naming the field
-                    raise ValueError(f"lora: cannot load {spec.path}: {type(err).__name__}: {err}") from None
-                if name not in {n for names in pipe.get_list_adapters().values() for n in names}:
-                    raise ValueError(f"lora: {spec.path} matched no layer of the SDXL UNet or text encoders")
-            names.append(name)
-        pipe.enable_lora()
-        pipe.set_adapters(names, adapter_weights=[spec.weight for spec in row.lora])
+        make = lambda pipe: LoraAdapters(pipe, what="the SDXL UNet or text encoders")  # noqa: E731
+        self.loras_of(self.model_for(row), make).activate([(spec.path, spec.weight) for spec in row.lora])
         return [spec.model_dump() for spec in row.lora]
 
     def generate(self, rows: list[SDXLVideoRow], inputs: list[dict[str, Any]]) -> list[Generated]:
@@ -95,8 +63,8 @@ class SDXLVideoStage(Stage):
     def _video(self, row: SDXLVideoRow, inputs: dict[str, Any]) -> Generated:
         import torch
 
-        pipe = self.pipeline(row.model)
-        loras = self.use_loras(pipe, row)
+        pipe = self.pipeline(self.model_for(row))
+        loras = self.use_loras(row)
         decode_chunk_size = int(self.config.options.get("decode_chunk_size", 8))
         keep = row.num_conditioning_frames
         # One CPU generator per row: initial noise and the SDE noise of every step of every call.
@@ -110,22 +78,38 @@ class SDXLVideoStage(Stage):
         filled = 0
         for _ in range(calls):
             latents = pipe(
-                prompt=row.prompt, negative_prompt=row.negative_prompt or None, num_frames=row.num_frames,
-                height=row.height, width=row.width, num_inference_steps=row.num_inference_steps,
-                guidance_scale=row.guidance_scale, conditioning_latents=last,
-                conditioning_strength=row.conditioning_strength, generator=generator, output_type="latent",
+                prompt=row.prompt,
+                negative_prompt=row.negative_prompt or None,
+                num_frames=row.num_frames,
+                height=row.height,
+                width=row.width,
+                num_inference_steps=row.num_inference_steps,
+                guidance_scale=row.guidance_scale,
+                conditioning_latents=last,
+                conditioning_strength=row.conditioning_strength,
+                generator=generator,
+                output_type="latent",
             ).latents
             dropped = last is None  # the unconditioned first chunk only seeds the conditioning
             last = (latents if last is None else torch.cat([last, latents], dim=1))[:, -keep:].clone()
             if not dropped:
                 chunk = to_uint8(pipe.decode_latents(latents, decode_chunk_size)[0])
-                frames[filled:filled + len(chunk)] = chunk
+                frames[filled : filled + len(chunk)] = chunk
                 filled += len(chunk)
         scheduler = pipe.scheduler
-        return Generated(frames, fps=row.fps, params={
-            "num_repeats": row.num_repeats, "frames_per_chunk": row.num_frames,
-            "num_conditioning_frames": keep, "conditioning_strength": row.conditioning_strength,
-            "image": row.image, "pipeline_calls": calls, "first_chunk_dropped": "image" not in inputs,
-            "decode_chunk_size": decode_chunk_size, "lora": loras,
-            "scheduler": f"{type(scheduler).__name__}({getattr(scheduler.config, 'algorithm_type', '')})",
-        })
+        return Generated(
+            frames,
+            fps=row.fps,
+            params={
+                "num_repeats": row.num_repeats,
+                "frames_per_chunk": row.num_frames,
+                "num_conditioning_frames": keep,
+                "conditioning_strength": row.conditioning_strength,
+                "image": row.image,
+                "pipeline_calls": calls,
+                "first_chunk_dropped": "image" not in inputs,
+                "decode_chunk_size": decode_chunk_size,
+                "lora": loras,
+                "scheduler": f"{type(scheduler).__name__}({getattr(scheduler.config, 'algorithm_type', '')})",
+            },
+        )
