@@ -6,13 +6,17 @@ checked as a screenshot and as the DOM the page's script built."""
 import base64
 import contextlib
 import html as html_lib
+import importlib.resources
 import io
 import json
 import os
 import re
+import shutil
 import subprocess
+import sys
 import tempfile
 import urllib.parse
+import zipfile
 from html.parser import HTMLParser
 from pathlib import Path
 from types import SimpleNamespace
@@ -23,7 +27,7 @@ import pytest
 from PIL import Image
 
 from raypipe.cli import main
-from raypipe.report import CARDS_PER_PAGE, FAILURES_PER_PAGE, make_report
+from raypipe.report import CARDS_PER_PAGE, FAILURES_PER_PAGE, make_report, page, render_html, summarize
 from raypipe.sink import metadata_table, read_metadata
 from tests.conftest import REPO, write_jsonl
 
@@ -353,3 +357,51 @@ def test_report_of_a_folder_without_a_run(tmp_path, capsys):
     assert main(["report", str(tmp_path)]) == 2
     assert "no metadata rows" in capsys.readouterr().err
     assert not (tmp_path / "report.html").exists()
+
+
+def test_page_templates_are_package_data(tmp_path):
+    """The page's template files are found through importlib.resources, every file report.html
+    inlines exists, and a wheel built from the checkout carries them: the page renders from the
+    unpacked wheel alone (no checkout on the path)."""
+    templates = importlib.resources.files("raypipe.report").joinpath("templates")
+    names = {f.name for f in templates.iterdir() if f.is_file()}
+    inlined = re.findall(r"%%([\w-]+\.(?:css|js))%%", page.template("report.html"))
+    assert {"report.html", "report.css", "report.js", "gallery.js", "failures.js"} <= names
+    assert set(inlined) == names - {"report.html"}  # each file is inlined, none is left out
+
+    # Build the wheel from a copy of the checkout (a build writes build/ beside its sources) with
+    # the environment's setuptools: no build isolation, no network.
+    src = tmp_path / "src"
+    src.mkdir()
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(REPO / name, src / name)
+    shutil.copytree(REPO / "raypipe", src / "raypipe", ignore=shutil.ignore_patterns("__pycache__"))
+    build = "import sys; from setuptools import build_meta; print(build_meta.build_wheel(sys.argv[1]))"
+    proc = subprocess.run(
+        [sys.executable, "-c", build, str(tmp_path / "dist")], cwd=src, capture_output=True, text=True, timeout=300
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    wheel = tmp_path / "dist" / proc.stdout.strip().splitlines()[-1]
+    with zipfile.ZipFile(wheel) as zf:
+        shipped = {n.rsplit("/", 1)[1] for n in zf.namelist() if n.startswith("raypipe/report/templates/")}
+        assert shipped == names
+        zf.extractall(tmp_path / "installed")
+
+    check = "import raypipe.report as r; print(r.__file__); print(r.render_html('OUT', [], r.summarize([])))"
+    env = {**os.environ, "PYTHONPATH": str(tmp_path / "installed")}  # ahead of the editable checkout
+    proc = subprocess.run(  # cwd: not the checkout, which `python -c` would put first on sys.path
+        [sys.executable, "-c", check], cwd=tmp_path, capture_output=True, text=True, env=env, timeout=120
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    where, html = proc.stdout.split("\n", 1)
+    assert where.startswith(str(tmp_path / "installed"))
+    assert "addSection({" in html and ".card .prompt" in html and "%%" not in html
+
+
+def test_page_values_are_not_read_as_placeholders():
+    """A value holding placeholder text (a run under a folder named %%ROWS%%) stays as written."""
+    html = render_html("out/%%ROWS%%", [], summarize([]))
+    assert "<title>raypipe report: out/%%ROWS%%</title>" in html
+    assert '<script type="application/json" id="report-rows">[]</script>' in html
+    with pytest.raises(KeyError, match="no value for %%OUT%%"):
+        page.fill({"TITLE": "t"})
