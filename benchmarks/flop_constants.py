@@ -128,6 +128,24 @@ def svd():
     return forward
 
 
+def exvideo_svd():
+    """SVD(-XT)'s UNet with the ExVideo-SVD extension: a 3D convolution (and a frame table) before each
+    temporal transformer (raypipe/families/exvideo/svd_extension.py)."""
+    from diffusers import UNetSpatioTemporalConditionModel
+
+    from raypipe.families.exvideo.svd_extension import extend_unet
+
+    with META:
+        unet = extend_unet(UNetSpatioTemporalConditionModel())
+    unet.to(META)
+
+    def forward(frames, h, w):
+        with META:
+            return count(unet, t(1, frames, 8, h, w), t(1), t(1, 1, 1024), t(1, 3))
+
+    return forward
+
+
 def fit(forward, video: bool) -> tuple[float, float, float]:
     """a, b, t of F*(a*P + b*P^2) + t*F^2*P from counts at three shapes."""
     shapes = [(8, 64, 64), (8, 96, 96), (16, 64, 64)] if video else [(1, 64, 64), (1, 96, 96)]
@@ -154,6 +172,7 @@ def main() -> None:
         ("sdxl_video", sdxl_video, True),
         ("animatediff", animatediff, True),
         ("svd", svd, True),
+        ("exvideo_svd", exvideo_svd, True),
     ):
         forward = build()
         a, b, tt = fit(forward, video)

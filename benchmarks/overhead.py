@@ -1,10 +1,11 @@
 """raypipe against a plain sequential diffusers loop: the same small generations, the same MP4s.
 
-    .venv/bin/python benchmarks/overhead.py [--rows 48] [--frames 25] [--size 96] [--steps 20]
-        [--pool-size 2] [--batch-size 2] [--side-by-side]
+    .venv/bin/python benchmarks/overhead.py [--rows 64] [--frames 25] [--size 96] [--steps 20]
+        [--pool-size 2] [--batch-size 2] [--no-side-by-side]
 
 Both run as separate processes and are timed whole: Python start-up, imports, model loading and
-(for raypipe) a fresh local Ray are inside the time.
+(for raypipe) a fresh local Ray are inside the time. Beside each time: the CPU seconds of all its
+processes (Ray's too: benchmarks/proctree.py), which the machine's other jobs change far less.
 
 - loop: this file with --loop: CogVideoXPipeline.from_pretrained of the tiny CogVideoX, then for
   each row the pipeline call with the row's seed and the MP4 written with raypipe.video.write_video
@@ -13,10 +14,15 @@ Both run as separate processes and are timed whole: Python start-up, imports, mo
   pool two actors of 0.5 CPU each (Ray sets OMP_NUM_THREADS=1 for them: one torch thread
   each), which leaves a CPU for the CPU stages that decode, encode and commit.
 
---side-by-side: then two single-threaded loops at once, each on half the rows (the pool's two
-actors without Ray or CPU stages around them), timed whole.
+Then, the upper bound (skipped with --no-side-by-side): two single-threaded loops at once, each on
+half the rows (the pool's two actors without Ray or CPU stages around them), timed whole.
 
-The last line is ratio=<raypipe videos per second / loop videos per second>.
+raypipe's own figures come from its run summary (OUT/runs/<run_id>.json): when its first
+generation started, how busy its actors were from their models loaded to the pool's last video,
+and the seconds from that last video to the process's exit.
+
+The last lines are ratio=<raypipe videos per second / loop videos per second> and
+bound_ratio=<side-by-side videos per second / loop videos per second>.
 """
 
 from __future__ import annotations
@@ -24,6 +30,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import subprocess
 import sys
 import tempfile
@@ -90,7 +97,7 @@ def loop(manifest: str, out: str, threads: int | None = None) -> None:
     print(f"median_call_s={statistics.median(calls):.3f}")
 
 
-def side_by_side(manifest: Path, work: Path, env: dict[str, str]) -> None:
+def side_by_side(manifest: Path, work: Path, env: dict[str, str]) -> float:
     """Two single-threaded loops at once, each on half the rows: what the pool's two actors would
     get from the 2 cores with no Ray and no CPU stages around them."""
     lines = manifest.read_text().splitlines(keepends=True)
@@ -98,6 +105,7 @@ def side_by_side(manifest: Path, work: Path, env: dict[str, str]) -> None:
     for i, half in enumerate(halves):
         half.write_text("".join(lines[i::2]))
     started = time.perf_counter()
+    cpu = sum(resource.getrusage(resource.RUSAGE_CHILDREN)[:2])
     loops = [
         subprocess.Popen(
             [sys.executable, __file__, "--loop", str(half), str(work / f"side-{i}"), "--threads", "1"],
@@ -111,25 +119,44 @@ def side_by_side(manifest: Path, work: Path, env: dict[str, str]) -> None:
     ]
     medians = [out.strip().splitlines()[-1] for out, _ in (p.communicate() for p in loops)]
     seconds = time.perf_counter() - started
+    cpu = sum(resource.getrusage(resource.RUSAGE_CHILDREN)[:2]) - cpu  # the two loops, reaped here
     print(
-        f"side by side, one torch thread each: {seconds:6.1f} s  {len(lines) / seconds:.3f} videos/s "
-        f"({', '.join(medians)}; the one that ends first leaves the other alone)"
+        f"side by side, one torch thread each: {seconds:6.1f} s  {len(lines) / seconds:.3f} videos/s  "
+        f"{cpu:6.1f} CPU s ({', '.join(medians)}; the one that ends first leaves the other alone)"
+    )
+    return seconds
+
+
+def raypipe_figures(out: Path, launch: float, exited: float) -> str:
+    """What raypipe's run summary says of its time: start-up, utilisation, the end."""
+    [summary_file] = (out / "runs").glob("*.json")
+    summary = json.loads(summary_file.read_text())
+    zero = summary["started_at"] - summary["phases"]["run_started"]  # the process's start
+    first = zero + summary["phases"]["first_generation"] - launch
+    last = max(a["last_call_end"] for a in summary["actors"])
+    busy = ", ".join(f"{a['busy_ratio']:.0%}" for a in summary["actors"])
+    pool = summary["pools"]["cogvideox"]
+    return (
+        f"first generation {first:.1f} s after the launch; actors busy {pool['busy_ratio']:.0%} ({busy}) "
+        f"from their models loaded to the last video; {exited - last:.1f} s from the last video to the exit"
     )
 
 
-def timed(command: list[str], env: dict[str, str]) -> tuple[float, str]:
-    """Seconds the command took, and its standard output."""
+def timed(command: list[str], env: dict[str, str]) -> tuple[float, str, float]:
+    """Seconds the command took, its standard output, and the CPU seconds of all its processes."""
+    from proctree import run_measured
+
     started = time.perf_counter()
-    result = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True)
+    result, cpu = run_measured(command, cwd=REPO, env=env)
     seconds = time.perf_counter() - started
     if result.returncode != 0:
         raise SystemExit(f"{command[:3]} failed ({result.returncode}):\n{result.stderr[-3000:]}")
-    return seconds, result.stdout
+    return seconds, result.stdout, cpu
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--rows", type=int, default=48)
+    parser.add_argument("--rows", type=int, default=64)
     parser.add_argument("--frames", type=int, default=25)
     parser.add_argument("--size", type=int, default=96)
     parser.add_argument("--steps", type=int, default=20)
@@ -137,8 +164,9 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=2)
     parser.add_argument(
         "--side-by-side",
-        action="store_true",
-        help="also time two single-threaded loops running at once (the pool's share of the cores)",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="also time two single-threaded loops running at once, the upper bound (default: yes)",
     )
     parser.add_argument("--loop", nargs=2, metavar=("MANIFEST", "OUT"), help=argparse.SUPPRESS)
     parser.add_argument("--threads", type=int, help=argparse.SUPPRESS)
@@ -169,20 +197,23 @@ def main() -> None:
         flush=True,
     )
 
-    loop_seconds, loop_out = timed([sys.executable, __file__, "--loop", str(manifest), str(work / "loop")], env)
+    loop_seconds, loop_out, loop_cpu = timed(
+        [sys.executable, __file__, "--loop", str(manifest), str(work / "loop")], env
+    )
     print(
-        f"loop:    {loop_seconds:6.1f} s  {args.rows / loop_seconds:.3f} videos/s  "
+        f"loop:    {loop_seconds:6.1f} s  {args.rows / loop_seconds:.3f} videos/s  {loop_cpu:6.1f} CPU s "
         f"({loop_out.strip().splitlines()[-1]}, torch's default threads)",
         flush=True,
     )
     raypipe = str(Path(sys.executable).with_name("raypipe"))
-    ray_seconds, _ = timed(
+    launch = time.time()
+    ray_seconds, _, ray_cpu = timed(
         [raypipe, "run", str(manifest), "--out", str(work / "raypipe"), "--config", str(config), "--address", "local"],
         env,
     )
-    print(f"raypipe: {ray_seconds:6.1f} s  {args.rows / ray_seconds:.3f} videos/s", flush=True)
-    if args.side_by_side:
-        side_by_side(manifest, work, env)
+    print(f"raypipe: {ray_seconds:6.1f} s  {args.rows / ray_seconds:.3f} videos/s  {ray_cpu:6.1f} CPU s", flush=True)
+    print(f"  ({raypipe_figures(work / 'raypipe', launch, launch + ray_seconds)})", flush=True)
+    bound_seconds = side_by_side(manifest, work, env) if args.side_by_side else None
 
     for name in ("loop", "raypipe"):  # both wrote every video, complete
         videos = sorted((work / name / "videos").glob("*.mp4"))
@@ -190,6 +221,8 @@ def main() -> None:
         assert all(len(decord.VideoReader(str(v))) == args.frames for v in videos), name
     print(f"load average after: {os.getloadavg()[0]:.2f}; outputs in {work}")
     print(f"ratio={(args.rows / ray_seconds) / (args.rows / loop_seconds):.3f}")
+    if bound_seconds:
+        print(f"bound_ratio={loop_seconds / bound_seconds:.3f} (raypipe at {bound_seconds / ray_seconds:.0%} of it)")
 
 
 if __name__ == "__main__":

@@ -7,7 +7,9 @@ rows failed or were rejected; 2 nothing ran (usage, config or manifest unreadabl
 from __future__ import annotations
 
 import argparse
+import os
 import sys
+import time
 
 EXIT_OK, EXIT_SOME_FAILED, EXIT_NOTHING_RAN = 0, 1, 2
 
@@ -40,17 +42,20 @@ def _parser() -> argparse.ArgumentParser:
         metavar="URL",
         help="push the run's final metrics to this Prometheus Pushgateway (also in OUT/metrics.prom)",
     )
+    _verbose(p)
 
     p = sub.add_parser("validate", help="check every row; print each rejected row and why")
     p.add_argument("manifests", nargs="+", metavar="MANIFEST")
     p.add_argument("--config", action="append", help="run config YAML (its row defaults apply); repeatable")
     p.add_argument("--address", help="Ray cluster address")
+    _verbose(p)
 
     p = sub.add_parser("plan", help="rows per kind and pool, estimated GPU-seconds; nothing generated")
     p.add_argument("manifests", nargs="+", metavar="MANIFEST")
     p.add_argument("--config", action="append", help="run config YAML (pools, models, `plan` assumptions); repeatable")
     p.add_argument("--address", help="Ray cluster address")
     p.add_argument("--json", action="store_true", help="print the plan as JSON")
+    _verbose(p)
 
     p = sub.add_parser("report", help="an HTML gallery of a run: previews, metadata, failures, throughput")
     p.add_argument("out", metavar="OUT", help="a run's --out URI")
@@ -69,6 +74,23 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _verbose(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--verbose", action="store_true", help="also show Ray's routine notices (token auth, progress bars, ...)"
+    )
+
+
+def process_started() -> float | None:
+    """Unix seconds at which this process started (Linux), for the run summary's phases."""
+    try:
+        with open("/proc/self/stat") as f:
+            ticks = int(f.read().rsplit(")", 1)[1].split()[19])  # field 22, starttime, after the name
+        since_boot = time.clock_gettime(time.CLOCK_BOOTTIME) - ticks / os.sysconf("SC_CLK_TCK")
+        return time.time() - since_boot
+    except (OSError, ValueError, IndexError, AttributeError):
+        return None
+
+
 def _load(args):
     from raypipe.config import ConfigError, load_config
     from raypipe.manifest import ManifestError, check_manifests
@@ -82,7 +104,9 @@ def _load(args):
 
 def cmd_run(args) -> int:
     from raypipe import run
+    from raypipe.config import ConfigError
     from raypipe.metrics import MetricsError, RunMetrics
+    from raypipe.progress import terminal
 
     config, uris = _load(args)
     try:
@@ -90,19 +114,29 @@ def cmd_run(args) -> int:
     except MetricsError as err:
         print(f"raypipe: {err}", file=sys.stderr)
         return EXIT_NOTHING_RAN
-    with metrics:
-        run.init_ray(args.address)
-        summary = run.run(uris, args.out, config, metrics=metrics)
+    with terminal(args.verbose) as console, metrics:
+        stamps = {"process_started": process_started() or time.time(), "ray_init_started": time.time()}
+        # No dashboard: nothing of a run needs it (the workers' metrics are served without it),
+        # and it is a second of start-up on 2 cores. Ignored when joining a running cluster.
+        run.init_ray(args.address, dashboard=False)
+        stamps["ray_ready"] = time.time()
+        try:
+            summary = run.run(uris, args.out, config, progress=console, metrics=metrics, stamps=stamps)
+        except ConfigError as err:  # the preflight: a model the run needs does not resolve
+            print(f"raypipe: {err}", file=sys.stderr)
+            return EXIT_NOTHING_RAN
     print(f"raypipe: outputs in {args.out} (videos/, metadata/); a gallery of the run: raypipe report {args.out}")
     return summary.exit_code
 
 
 def cmd_validate(args) -> int:
     from raypipe import run
+    from raypipe.progress import terminal
 
     config, uris = _load(args)
-    run.init_ray(args.address, dashboard=False)
-    total, rejected = run.rejected_rows(uris, config)
+    with terminal(args.verbose) as console:
+        run.init_ray(args.address, dashboard=False)
+        total, rejected = run.rejected_rows(uris, config, address=args.address, progress=console)
     for r in rejected:
         print(f"{r['source']}:{r['line']}\tid={r['id']}\t{r['error']}")
     print(f"raypipe: {total} rows, {total - len(rejected)} valid, {len(rejected)} rejected", file=sys.stderr)
@@ -112,10 +146,12 @@ def cmd_validate(args) -> int:
 def cmd_plan(args) -> int:
     from raypipe import run
     from raypipe.plan import make_plan
+    from raypipe.progress import terminal
 
     config, uris = _load(args)
-    run.init_ray(args.address, dashboard=False)
-    plan = make_plan(uris, config)
+    with terminal(args.verbose):
+        run.init_ray(args.address, dashboard=False)
+        plan = make_plan(uris, config, address=args.address)
     print(plan.to_json() if args.json else plan.table())
     return EXIT_OK
 

@@ -35,10 +35,59 @@ class SequenceParallelConfig(BaseModel):
     # Seconds to place the gang, start its ranks and load the model; seconds for one row on it.
     start_timeout_s: float = Field(default=900.0, gt=0)
     row_timeout_s: float = Field(default=3600.0, gt=0)
+    # Seconds a rank may go without answering the heartbeat (a ping on a thread of its own, sent
+    # while it starts or generates): a rank process stopped or cut off is found this soon, not
+    # after row_timeout_s. A rank busy in a collective still answers.
+    rank_timeout_s: float = Field(default=60.0, gt=0)
     # A row whose rank died (or timed out) runs again on a fresh gang this many times.
     retries: int = Field(default=1, ge=0)
     # Gangs a pool actor keeps (one per degree in use); the least recently used one goes first.
     max_gangs: int = Field(default=1, ge=1)
+    # Gangs of one degree running at once: a run sends the rows of sp_degree N to the kind's pool
+    # "<kind>/sp<N>", whose actors (CPU only, no model) each drive one gang; the gang holds the GPUs.
+    pool_size: int = Field(default=1, ge=1)
+    max_pool_size: int | None = Field(default=None, ge=1)
+
+
+class QualityGate(BaseModel):
+    """A kind's quality gate (raypipe/quality.py defines each score): a video whose score is above
+    a `<score>_max` or below a `<score>_min` fails, is kept under quarantine/<id>.mp4 instead of
+    videos/<id>.mp4, and its row is `failed` with the score and threshold in `error`. The defaults
+    fail only what nobody wants: a video whose frames are (nearly) all black or blank, or whose
+    pipeline output held NaN/Inf; every other threshold is opt-in (null: not checked)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    black_fraction_max: float | None = Field(default=0.99, ge=0, le=1)
+    black_fraction_min: float | None = Field(default=None, ge=0, le=1)
+    frozen_fraction_max: float | None = Field(default=None, ge=0, le=1)
+    frozen_fraction_min: float | None = Field(default=None, ge=0, le=1)
+    motion_score_min: float | None = Field(default=None, ge=0)
+    motion_score_max: float | None = Field(default=None, ge=0)
+    flicker_min: float | None = Field(default=None, ge=0)
+    flicker_max: float | None = Field(default=None, ge=0)
+    sharpness_min: float | None = Field(default=None, ge=0)
+    sharpness_max: float | None = Field(default=None, ge=0)
+    clip_score_min: float | None = Field(default=None, ge=0, le=100)
+    clip_score_max: float | None = Field(default=None, ge=0, le=100)
+    # Frames of the pipeline's float output holding NaN or Inf (they become black in uint8).
+    nonfinite_frames_max: int | None = Field(default=0, ge=0)
+    # A row that fails the gate runs again up to this many times, with seed + 1, seed + 2, ...
+    # (each in a follow-up pass after the run's main one, raypipe/run.py); 0: never.
+    rerolls: int = Field(default=0, ge=0)
+
+
+class QualitySettings(BaseModel):
+    """How the scores are computed (the top-level `quality:` of the run config)."""
+
+    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+
+    # A CLIP checkpoint for clip_score (a local folder, a hub id, or tiny:clip); none: clip_score is null.
+    clip_model: str | None = None
+    # Frames sampled evenly from a video for clip_score.
+    clip_frames: int = Field(default=8, ge=1)
+    # Optical flow (motion_score) runs on grey frames downscaled so that their longer side is at most this.
+    flow_max_side: int = Field(default=160, ge=16)
 
 
 class KindConfig(BaseModel):
@@ -60,6 +109,8 @@ class KindConfig(BaseModel):
     # Custom Ray resources of each actor, e.g. {raypipe_cogvideox: 1}: only nodes that offer them
     # (the kind's worker group in k8s/raycluster.yaml) run the kind's actors.
     resources: dict[str, float] = Field(default_factory=dict)
+    # Ray's accelerator type of each actor (e.g. H100, A100, L4): only nodes of that type run them.
+    accelerator_type: str | None = None
     # Rows handed to one actor call; rows of one shape may run as one pipeline call.
     batch_size: int = Field(default=1, ge=1)
     # Row fields used when a manifest row leaves them out (num_frames, height, ...).
@@ -68,6 +119,8 @@ class KindConfig(BaseModel):
     options: dict[str, Any] = Field(default_factory=dict)
     # Sequence parallelism for rows with sp_degree > 1 (cogvideox, exvideo base cogvideox).
     sp: SequenceParallelConfig = Field(default_factory=SequenceParallelConfig)
+    # The quality gate of this kind's videos (thresholds on the scores, re-rolls).
+    quality: QualityGate = Field(default_factory=QualityGate)
 
 
 class PlanConfig(BaseModel):
@@ -81,6 +134,31 @@ class PlanConfig(BaseModel):
     # The fraction of the peak a diffusion transformer reaches in practice (CogVideoX-5B on an
     # H100: ~90 s for 50 steps of 49x480x720 with CFG = 33 PFLOP -> ~0.37).
     mfu: float = Field(default=0.35, gt=0, le=1)
+
+
+class NodeGroup(BaseModel):
+    """Nodes of one shape in the cluster a run will join (`cluster:` in the config), named as a
+    kind's resources are, for the check that a row's gang fits a node: `raypipe validate` / `plan`
+    without a cluster (--address) check against these alone; a run (or --address) against the
+    cluster's alive nodes and these (the nodes an autoscaler may add)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    count: int = Field(default=1, ge=1)  # nodes of this shape (a worker group's maxReplicas)
+    num_cpus: float = Field(default=0.0, ge=0)
+    num_gpus: float = Field(default=0.0, ge=0)
+    memory_gb: float | None = Field(default=None, gt=0)
+    accelerator_type: str | None = None
+    resources: dict[str, float] = Field(default_factory=dict)
+
+    def ray_resources(self) -> dict[str, float]:
+        """One node's resources as Ray names them (ray.nodes()[i]["Resources"])."""
+        out = {"CPU": self.num_cpus, "GPU": self.num_gpus, **self.resources}
+        if self.memory_gb:
+            out["memory"] = self.memory_gb * 2**30
+        if self.accelerator_type:
+            out[f"accelerator_type:{self.accelerator_type}"] = 1.0
+        return {name: amount for name, amount in out.items() if amount}
 
 
 class RunConfig(BaseModel):
@@ -99,6 +177,10 @@ class RunConfig(BaseModel):
     max_row_attempts: int = Field(default=3, ge=1)
     # What `raypipe plan` assumes about the GPUs (raypipe/flops.py).
     plan: PlanConfig = Field(default_factory=PlanConfig)
+    # The cluster's node groups, for the gang-fits check (NodeGroup; configs/kuberay.yaml).
+    cluster: list[NodeGroup] = Field(default_factory=list)
+    # How the quality scores are computed (the CLIP model, ...); the thresholds are per kind.
+    quality: QualitySettings = Field(default_factory=QualitySettings)
 
 
 # Every kind's pool in the built-in config: one actor of one CPU, one row a call, float32 on CPU.

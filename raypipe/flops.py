@@ -21,8 +21,8 @@ torch.utils.flop_counter counts it (benchmarks/flop_constants.py). The shapes co
 model's transformer/config.json when it is a local folder (or a `tiny:` model), else from
 the table of released checkpoints below.
 
-UNets (Stable Diffusion 1.5 for deforum and animatediff, SDXL for sdxl_video, SVD for
-ExVideo-SVD): one forward over F frames of latent h x w (P = h*w pixels, h = H/8) is
+UNets (Stable Diffusion 1.5 for deforum and animatediff, SDXL for sdxl_video, SVD with the
+ExVideo-SVD extension for exvideo base svd): one forward over F frames of latent h x w (P = h*w pixels, h = H/8) is
     F * (a*P + b*P^2)  +  t * F^2 * P
 a: convolutions, projections, MLPs and text cross-attention (linear in pixels); b: spatial
 self-attention (quadratic); t: temporal attention across frames. The constants are counted
@@ -78,6 +78,7 @@ UNET_FLOPS: dict[str, UNetFlops] = {
     "sdxl_video": UNetFlops(a=4.59464e8, b=1578.4),  # SDXL + temporal modules (conditioned chunk)
     "animatediff": UNetFlops(a=2.40875e8, b=7221.57, t=23360),  # SD 1.5 + MotionAdapter v1-5-2
     "svd": UNetFlops(a=2.79676e8, b=7390.6),  # SVD(-XT) UNet, 8 input channels
+    "exvideo_svd": UNetFlops(a=3.64002e8, b=7390.6),  # SVD + ExVideo-SVD's 3D convolutions: +27% at 512 px
 }
 
 

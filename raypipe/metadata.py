@@ -1,7 +1,8 @@
 """The metadata record: one per manifest row, the Parquet table's row (DESIGN.md, 'Outputs').
 
 `Metadata` is a dataclass with exactly the table's columns, plus `timings` (seconds the pool
-actor and the MP4 writer measured for the metrics; not a column). It reads like a mapping too
+actor and the MP4 writer measured for the metrics) and `nonfinite_frames` (for the quality gate),
+which are not columns. It reads like a mapping too
 (`meta["status"]`), but only its own fields exist: a misspelt key is an error, not a new column.
 """
 
@@ -44,8 +45,16 @@ METADATA_SCHEMA = pa.schema(
         ("device", pa.string()),
         ("sp_degree", pa.int64()),
         ("raypipe_version", pa.string()),
+        # The quality scores (raypipe/quality.py defines them and their units); null without a video.
+        ("black_fraction", pa.float64()),
+        ("frozen_fraction", pa.float64()),
+        ("motion_score", pa.float64()),
+        ("flicker", pa.float64()),
+        ("sharpness", pa.float64()),
+        ("clip_score", pa.float64()),
     ]
 )
+QUALITY_COLUMNS = ("black_fraction", "frozen_fraction", "motion_score", "flicker", "sharpness", "clip_score")
 METADATA_COLUMNS = METADATA_SCHEMA.names
 STATUSES = ("ok", "failed", "rejected")
 
@@ -85,9 +94,18 @@ class Metadata:
     device: str = ""
     sp_degree: int | None = None
     raypipe_version: str = field(default_factory=_version)
+    black_fraction: float | None = None
+    frozen_fraction: float | None = None
+    motion_score: float | None = None
+    flicker: float | None = None
+    sharpness: float | None = None
+    clip_score: float | None = None
     # Not a column: seconds measured on the way (model_load_seconds, encode_seconds, ...) for the
     # driver's metrics (raypipe/metrics.py).
     timings: dict[str, float] = field(default_factory=dict)
+    # Not a column: frames of the pipeline's float output that held NaN/Inf before they became
+    # uint8 (raypipe/stage.py to_uint8), for the quality gate in the MP4 writer.
+    nonfinite_frames: int | None = None
 
     # ---- mapping-style access (tests, reports and users read rows as dicts) ----------------
 
@@ -124,6 +142,7 @@ class Metadata:
 
 _FIELDS = frozenset(f.name for f in dataclasses.fields(Metadata))
 assert set(METADATA_COLUMNS) <= _FIELDS, "every column is a field"
+assert set(QUALITY_COLUMNS) <= set(METADATA_COLUMNS)
 
 
 def prompt_text(prompt: Any) -> str:
@@ -135,9 +154,16 @@ def empty_metadata(row_id: str, kind: str | None, status: str, error: str = "") 
     return Metadata(id=row_id, kind=kind or "", status=status, error=error)
 
 
+def row_params(row: Any) -> dict[str, Any]:
+    """What params_json records of the row itself: the sweep it comes from, if any."""
+    sweep = getattr(row, "_sweep", None)
+    return {"sweep": sweep} if sweep else {}
+
+
 def metadata_from_row(row: Any, status: str, error: str = "") -> Metadata:
     """Metadata for a validated row, before generation fills in the rest."""
     return Metadata(
+        params_json=json.dumps(row_params(row), sort_keys=True),
         id=row.id,
         kind=row.kind,
         status=status,

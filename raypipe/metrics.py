@@ -8,6 +8,7 @@
     raypipe_output_bytes_total{kind}         counter    bytes of the MP4s written (metadata bytes)
     raypipe_model_load_seconds{kind}         histogram  loading the model, once per pool actor
     raypipe_rows_in_flight{kind}             gauge      rows routed to a kind's pool, not final yet
+    raypipe_actor_busy_ratio{kind,worker}    gauge      a pool actor's time since its model loaded spent generating
     raypipe_rows_skipped_total               counter    rows skipped because `ok` in --out already (resume)
     raypipe_run_duration_seconds             gauge      seconds since the run started (final: its length)
 
@@ -85,6 +86,12 @@ METRICS: dict[str, tuple[str, str, tuple[str, ...], tuple[float, ...] | None]] =
         ("kind",),
         None,
     ),
+    "raypipe_actor_busy_ratio": (
+        "gauge",
+        "Fraction of a pool actor's time, from its model loaded to its pool's last generation, spent generating.",
+        ("kind", "worker"),
+        None,
+    ),
     "raypipe_rows_skipped_total": (
         "counter",
         "Rows skipped because they are ok in the output already (resume).",
@@ -149,15 +156,25 @@ class StageMeter:
     """The metrics of one pool actor: made before its model loads, so `loaded()` measures the load.
 
     The load time also rides on the first row the actor returns, once, so the driver counts
-    each actor's load in raypipe_model_load_seconds."""
+    each actor's load in raypipe_model_load_seconds. Every row carries what the run summary's
+    utilisation needs (raypipe/usage.py): when this actor was made and loaded its model, the end
+    of the row's pipeline call, and the actor's calls so far."""
 
-    def __init__(self, kind: str):
+    def __init__(self, kind: str, worker: str = ""):
         self.kind = kind
+        self.worker = worker
         self._started = time.perf_counter()
+        self.created_at = time.time()
+        self.loaded_at: float | None = None
+        self.load_cpu_seconds: float | None = None  # the process's CPU seconds until then (boot and imports too)
+        self.busy_seconds = 0.0  # the gen_seconds of its rows, summed
+        self.calls = 0
         self._load_seconds: float | None = None
 
     def loaded(self) -> None:
         self._load_seconds = time.perf_counter() - self._started
+        self.loaded_at = time.time()
+        self.load_cpu_seconds = time.process_time()
         _ray_record("raypipe_model_load_seconds", "observe", self._load_seconds, kind=self.kind)
 
     def started(self, rows: int) -> None:
@@ -165,14 +182,29 @@ class StageMeter:
 
     def done(self, metas: list) -> None:
         """After a batch: count its rows, time its ok ones (metas are modified in place)."""
+        calls: dict[Any, float] = {}  # a call's rows share their started_at (Stage._run_group)
         for meta in metas:
             _ray_record("raypipe_videos_total", "inc", 1, kind=self.kind, status=meta["status"])
             if meta["status"] == "ok" and meta.get("gen_seconds") is not None:
                 _ray_record("raypipe_generation_seconds", "observe", meta["gen_seconds"], kind=self.kind)
+            if meta.get("gen_seconds") is not None and meta.get("started_at") is not None:
+                calls[meta["started_at"]] = calls.get(meta["started_at"], 0.0) + meta["gen_seconds"]
+        self.calls += len(calls)
+        self.busy_seconds += sum(calls.values())
+        for meta in metas:
+            add_timings(meta, actor_created_at=self.created_at, actor_calls=self.calls)
+            if self.loaded_at is not None:
+                add_timings(meta, actor_loaded_at=self.loaded_at, actor_load_cpu_seconds=self.load_cpu_seconds)
+            started = meta.get("started_at")
+            if started in calls:
+                add_timings(meta, call_end=started.timestamp() + calls[started])
         if metas and self._load_seconds is not None:
             add_timings(metas[0], model_load_seconds=self._load_seconds)
             self._load_seconds = None
         _ray_record("raypipe_rows_in_flight", "set", 0, kind=self.kind)
+        if self.loaded_at is not None and time.time() > self.loaded_at:
+            ratio = min(1.0, self.busy_seconds / (time.time() - self.loaded_at))
+            _ray_record("raypipe_actor_busy_ratio", "set", ratio, kind=self.kind, worker=self.worker)
 
 
 def video_written(meta, written: Any) -> None:
@@ -250,6 +282,14 @@ class RunMetrics:
             for name in ("encode_seconds", "upload_seconds"):
                 if name in timings:
                     self.m[f"raypipe_{name}"].labels(kind).observe(timings[name])
+
+    def actor_busy(self, actors: list[dict]) -> None:
+        """The run summary's busy ratio of each pool actor (raypipe/usage.py), as gauges."""
+        for actor in actors:
+            if actor["busy_ratio"] is not None:
+                self.m["raypipe_actor_busy_ratio"].labels(kind_label(actor["kind"]), actor["worker"]).set(
+                    actor["busy_ratio"]
+                )
 
     def finish(self, out: str) -> None:
         """The final values: <out>/metrics.prom, and the Pushgateway when one is set.

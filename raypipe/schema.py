@@ -14,7 +14,16 @@ import operator
 import re
 from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    TypeAdapter,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 # The metadata record lives in raypipe/metadata.py; these names stay importable from here.
 from raypipe.metadata import (  # noqa: F401
@@ -59,6 +68,9 @@ class RowBase(BaseModel):
     guidance_scale: float | None = Field(default=None, ge=0.0, le=100.0)
     model: str | None = None
     lora: list[LoraSpec] = Field(default_factory=list)
+    # Not a field: for a row a manifest's sweep made, {"of": <the sweep row's id>, "values": {...}}
+    # (raypipe/manifest.py), recorded in its metadata's params_json (metadata.row_params).
+    _sweep: dict[str, Any] | None = PrivateAttr(default=None)
 
     @field_validator("id")
     @classmethod

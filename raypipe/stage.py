@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import os
 import socket
+import threading
 import time
 import traceback
 from collections import OrderedDict
@@ -27,19 +28,36 @@ from typing import Any, ClassVar
 
 import numpy as np
 
+from raypipe import parallel
 from raypipe.config import KindConfig
 from raypipe.metadata import Metadata, metadata_from_row
 from raypipe.models.tiny import resolve_model
 from raypipe.schema import RowBase
 
+# Frames holding NaN/Inf that to_uint8 converted in this thread since the last Generated was made.
+_nonfinite = threading.local()
+
+
+def take_nonfinite_frames() -> int:
+    """The NaN/Inf frames to_uint8 counted in this thread since the last call (then 0 again)."""
+    count = getattr(_nonfinite, "frames", 0)
+    _nonfinite.frames = 0
+    return count
+
 
 @dataclass
 class Generated:
-    """One video: uint8 RGB frames [F, H, W, 3] and what it was made with."""
+    """One video: uint8 RGB frames [F, H, W, 3] and what it was made with.
+
+    nonfinite_frames: frames of the pipeline's float output that held NaN or Inf. By default the
+    count to_uint8 made in this thread since the previous Generated: a stage writes
+    `Generated(to_uint8(video), ...)` (or converts a video's frames, then makes its Generated),
+    and the count follows the video to the quality gate without the stage passing it."""
 
     frames: np.ndarray
     fps: int
     params: dict[str, Any] = field(default_factory=dict)
+    nonfinite_frames: int = field(default_factory=take_nonfinite_frames)
 
 
 @dataclass
@@ -55,8 +73,16 @@ def utcnow() -> datetime:
 
 
 def to_uint8(frames) -> np.ndarray:
-    """Pipeline output in [0, 1] (float, [F, H, W, C]) -> uint8."""
+    """Pipeline output in [0, 1] (float, [F, H, W, C], or one frame [H, W, C]) -> uint8.
+
+    NaN and Inf (an fp16 VAE that overflowed) become 0, black; the frames that held any are
+    counted for the quality gate (Generated.nonfinite_frames), as uint8 cannot show them."""
     array = np.asarray(frames, dtype=np.float32)
+    finite = np.isfinite(array)
+    if not finite.all():
+        per_frame = finite.reshape(array.shape[0], -1).all(axis=1) if array.ndim == 4 else finite.all(keepdims=True)
+        _nonfinite.frames = getattr(_nonfinite, "frames", 0) + int((~per_frame).sum())
+        array = np.where(finite, array, 0.0)
     return (np.clip(array, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
 
 
@@ -65,13 +91,36 @@ def error_text(err: BaseException) -> str:
     return text if len(text) < 2000 else text[:2000] + "..."
 
 
+class _FamilySequenceParallel:
+    """Stage.supports_sequence_parallel: its family's `sequence_parallel` (raypipe/families/<kind>/
+    __init__.py), read from the registry, so that the stage and the family cannot disagree."""
+
+    def __get__(self, stage, owner) -> bool:
+        from raypipe.families import family
+
+        try:
+            return bool(owner.kind) and family(owner.kind).sequence_parallel
+        except KeyError:  # a stage of a kind nobody registered: none
+            return False
+
+
 class Stage:
     kind: ClassVar[str] = ""
+    # Rows may ask for sp_degree > 1: the Stage base runs them on gangs (self.gangs), whose ranks
+    # build this stage with their SPContext (`sp`) and wire each pipeline they load with
+    # `sequence_parallel_wiring` ("module:function(transformer, sp)"; by default the family's
+    # raypipe/families/<kind>/parallel.py:parallelize). See raypipe/parallel/.
+    supports_sequence_parallel = _FamilySequenceParallel()
+    sequence_parallel_wiring: ClassVar[str] = ""
     # Pipelines kept loaded at once (the config's model plus per-row `model` overrides).
     max_loaded_pipelines: ClassVar[int] = 2
 
-    def __init__(self, config: KindConfig):
+    def __init__(self, config: KindConfig, sp=None):
         self.config = config
+        # This stage as a rank of a gang: its place there (raypipe.parallel.context.SPContext), else None.
+        self.sp = sp
+        # The gangs this stage sends its sp_degree > 1 rows to (none on a rank, or for a family without).
+        self.gangs = parallel.Gangs(type(self), config) if self.supports_sequence_parallel and sp is None else None
         self._pipelines: OrderedDict[str, Any] = OrderedDict()
         self._loras: dict[str, Any] = {}  # model -> LoraAdapters of its pipeline (raypipe/families/lora.py)
 
@@ -84,6 +133,8 @@ class Stage:
             resources["memory"] = int(config.memory_gb * 2**30)
         if config.resources:
             resources["resources"] = dict(config.resources)
+        if config.accelerator_type:
+            resources["accelerator_type"] = config.accelerator_type
         return resources
 
     @property
@@ -138,7 +189,20 @@ class Stage:
         while len(self._pipelines) >= self.max_loaded_pipelines:
             evicted, _ = self._pipelines.popitem(last=False)
             self._loras.pop(evicted, None)
-        pipe = self.load_pipeline(resolve_model(model))
+        try:
+            pipe = self.load_pipeline(resolve_model(model))
+        except Exception as err:
+            from raypipe.preflight import hub_failure
+
+            hub = hub_failure(err, model)  # gated, private or missing on the hub: say which id and HF_TOKEN
+            if hub is None:
+                raise
+            raise ValueError(hub) from err
+        if self.sp is not None:  # a rank of a gang: its transformer computes its shard of the tokens
+            from raypipe.parallel.hooks import enable_sequence_parallel
+
+            wiring = self.sequence_parallel_wiring or f"raypipe.families.{self.kind}.parallel:parallelize"
+            enable_sequence_parallel(pipe, self.sp, wiring)
         self._pipelines[model] = pipe
         return pipe
 
@@ -189,6 +253,25 @@ class Stage:
         Raise to fail them all (process then retries them one by one)."""
         raise NotImplementedError
 
+    @property
+    def output_type(self) -> str:
+        """The pipelines' output_type: "np" (frames), or "latent" on a rank of a gang that is not its
+        leader: only the leader's frames are kept, so the others skip the VAE decode."""
+        return "latent" if self.sp is not None and not self.sp.is_leader else "np"
+
+    def not_decoded(self, rows: list[RowBase]) -> list[Generated]:
+        """What generate returns for `rows` where output_type is "latent": no frames."""
+        return [Generated(np.zeros((0, 0, 0, 3), np.uint8), fps=0) for _ in rows]
+
+    def _generate_here_or_on_gang(self, rows: list[RowBase], inputs: list[dict[str, Any]]) -> list[Generated]:
+        """generate, or for rows with sp_degree > 1 (process groups rows by degree) their gang's."""
+        degree = parallel.sp_degree(rows[0])
+        if degree <= 1 or self.sp is not None:
+            return self.generate(rows, inputs)
+        if self.gangs is None:
+            raise ValueError(f"sp_degree: kind {self.kind} does not run sequence parallel, got {degree}")
+        return self.gangs.generate(degree, rows, inputs)
+
     def common_params(self) -> dict[str, Any]:
         """What every video of this stage was made with (goes into params_json)."""
         return {"dtype": self.config.dtype, **self.config.options}
@@ -202,15 +285,16 @@ class Stage:
             worker=self.worker_name(),
             device=self.device_name(),
             model=self._model_name(row),
-            params_json=json.dumps({**self.common_params(), **params}, sort_keys=True, default=str),
+            params_json=json.dumps({**meta.params, **self.common_params(), **params}, sort_keys=True, default=str),
         )
         return Result(meta)
 
     def _run_group(self, rows: list[RowBase], inputs: list[dict[str, Any]]) -> list[Result]:
         started = utcnow()
         t0 = time.perf_counter()
+        take_nonfinite_frames()  # nothing counted by an earlier call that failed carries over
         try:
-            generated = self.generate(rows, inputs)
+            generated = self._generate_here_or_on_gang(rows, inputs)
             if len(generated) != len(rows):
                 raise RuntimeError(f"{self.kind} stage returned {len(generated)} videos for {len(rows)} rows")
         except Exception as err:  # noqa: BLE001 - a failing row records its error and flows on
@@ -233,12 +317,15 @@ class Stage:
                 fps=int(gen.fps),
                 model=self._model_name(row),
                 params_json=json.dumps(
-                    {**self.common_params(), **gen.params, "batch_rows": len(rows)}, sort_keys=True, default=str
+                    {**meta.params, **self.common_params(), **gen.params, "batch_rows": len(rows)},
+                    sort_keys=True,
+                    default=str,
                 ),
                 gen_seconds=seconds,
                 started_at=started,
                 worker=self.worker_name(),
                 device=self.device_name(),
+                nonfinite_frames=int(gen.nonfinite_frames),  # for the quality gate (raypipe/quality.py)
             )
             results.append(Result(meta, frames))
         return results

@@ -339,3 +339,64 @@ def test_rejections_and_failures_in_the_run(ray_run):
     assert meta["no-video"]["status"] == "failed"
     assert meta["no-video"]["error"].startswith("video: cannot read /nonexistent/in.mp4")
     assert not (out / "videos" / "no-video.mp4").exists()
+
+
+# ---- motion LoRAs in guoyww's released .ckpt layout ----------------------------------------------
+
+
+def diffusers_motion_lora_names(original: dict) -> dict:
+    """The same LoRA under diffusers' names, by the rules of diffusers' own converter
+    (scripts/convert_animatediff_motion_lora_to_diffusers.py: attention_blocks.0/1 -> attn1/attn2,
+    `.temporal_transformer` dropped, `unet.` in front; the processor-LoRA names kept)."""
+    return {
+        "unet."
+        + k.replace(".attention_blocks.0", ".attn1")
+        .replace(".attention_blocks.1", ".attn2")
+        .replace(".temporal_transformer", ""): v
+        for k, v in original.items()
+    }
+
+
+def test_a_motion_lora_in_the_released_ckpt_layout_is_the_same_lora_as_diffusers_format(stage, tmp_path):
+    import torch
+    from safetensors.torch import save_file
+
+    from tests.test_real_configs import animatediff_motion_lora
+
+    generator = torch.Generator().manual_seed(5)
+
+    def value(*shape):
+        return torch.randn(*shape, generator=generator) * 0.3
+
+    # tiny:sd15's UNet: widths 32, 64, one layer a block (the tiny motion adapter's layout)
+    original = animatediff_motion_lora(widths=(32, 64), layers_per_block=1, rank=4, value=value)
+    assert len(original) == 7 * 2 * 4 * 2  # 2 down, 1 mid, 4 up motion modules; 2 attentions; q, k, v, out
+    ckpt, wrapped, diffusers_file = (
+        tmp_path / "v2_lora_Tiny.ckpt",
+        tmp_path / "wrapped.ckpt",
+        tmp_path / "d.safetensors",
+    )
+    torch.save(original, ckpt)  # the released files: a plain dict of tensors
+    torch.save({"state_dict": original}, wrapped)  # AnimateDiff's loader also takes {"state_dict": ...}
+    save_file({k: v.contiguous() for k, v in diffusers_motion_lora_names(original).items()}, str(diffusers_file))
+    rows = [
+        small_row("plain-ckpt"),
+        small_row("ckpt", motion_lora=str(ckpt)),
+        small_row("wrapped", motion_lora=str(wrapped)),
+        small_row("diffusers", motion_lora=str(diffusers_file)),
+    ]
+    results = {r.meta["id"]: r for r in stage.process(rows)}
+    assert all(r.meta["status"] == "ok" for r in results.values()), [r.meta["error"] for r in results.values()]
+    frames = {row_id: r.frames.astype(np.int16) for row_id, r in results.items()}
+    assert np.array_equal(frames["ckpt"], frames["diffusers"])  # every key landed where diffusers' names put it
+    assert np.array_equal(frames["wrapped"], frames["ckpt"])
+    assert np.abs(frames["ckpt"] - frames["plain-ckpt"]).mean() > 1.0
+
+    bad = tmp_path / "bad.ckpt"
+    torch.save(
+        {**original, "down_blocks.0.motion_modules.0.temporal_transformer.proj_in.lora.down.weight": value(4, 32)}, bad
+    )
+    (failed,) = stage.process([small_row("bad", motion_lora=str(bad))])
+    assert failed.meta["status"] == "failed"
+    assert f"lora: {bad}: not an AnimateDiff motion-LoRA key" in failed.meta["error"]
+    assert "temporal_transformer.proj_in.lora.down.weight" in failed.meta["error"]

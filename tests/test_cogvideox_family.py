@@ -425,3 +425,91 @@ def test_exvideo_lora_released_names_map_onto_diffusers():
     )
     with pytest.raises(ValueError, match="not a CogVideoX LoRA key"):
         diffsynth_to_diffusers({"blocks.0.attn1.norm_q.lora_A.weight": torch.zeros(1)})
+
+
+def test_exvideo_svd_tiny_checkpoint_is_diffsynths_layout_at_tiny_widths():
+    """The tiny ExVideo-SVD file is written from DiffSynth's key list (raypipe/families/exvideo/tiny.py,
+    whose SVD-XT-width list has DiffSynth's md5: tests/test_real_configs.py), not from raypipe's mapping:
+    the mapping must find every one of its keys, and those only."""
+    from raypipe.families.exvideo.tiny import released_svd_layout
+
+    released = load_file(str(tiny_path(f"tiny:svd/{EXVIDEO_SVD_FILE}")))
+    layout = released_svd_layout(block_out_channels=(32, 32, 32, 32), cross_attention_dim=32, frames=128)
+    assert {k: tuple(v.shape) for k, v in released.items()} == layout
+    assert exvideo_svd.diffsynth_keys_md5(released) == exvideo_svd.diffsynth_keys_md5(
+        {k: torch.empty(s, device="meta") for k, s in layout.items()}
+    )
+
+
+def test_diffsynth_post_processing_of_svd_latents():
+    """DiffSynth's SVD pipeline normalises each frame's latents to the video's mean and std, then scales
+    them by contrast_enhance_scale (1.2): per video, so a batch is post-processed as its videos alone."""
+    latents = torch.randn(2, 5, 4, 8, 8, generator=torch.Generator().manual_seed(0)) * torch.arange(1, 6).view(
+        1, 5, 1, 1, 1
+    )
+    out = exvideo_svd.post_process_latents(latents, post_normalize=True, contrast_enhance_scale=1.2)
+    one = exvideo_svd.post_process_latents(latents[1:], post_normalize=True, contrast_enhance_scale=1.2)
+    assert torch.allclose(out[1:], one)
+    frame_std = (out[0] / 1.2).std(dim=(1, 2, 3))
+    assert torch.allclose(frame_std, torch.full_like(frame_std, latents[0].std().item()), rtol=1e-4)
+    assert torch.allclose((out[0] / 1.2).mean(), latents[0].mean(), atol=1e-5)
+    assert torch.equal(exvideo_svd.post_process_latents(latents, False, 1.0), latents)
+
+
+def test_every_key_of_diffsynths_cogvideox_lora_lands_on_the_tiny_pipeline(stages, tmp_path):
+    """DiffSynth's full CogDiT key set (every Linear, in the blocks and outside, and the patch conv), at
+    tiny:cogvideox's widths, through the LoRA loader: a LoRA layer on every targeted module."""
+    from safetensors.torch import save_file
+
+    from raypipe.families.cogvideox.lora import cogvideox_loras
+    from tests.test_real_configs import diffsynth_cogdit_lora
+
+    def small(*shape, device):
+        return torch.randn(*shape, generator=torch.Generator().manual_seed(len(shape))) * 0.1
+
+    lora = diffsynth_cogdit_lora(dim=32, blocks=2, time_dim=8, text_dim=32, channels=4, device="cpu", value=small)
+    path = tmp_path / "full.safetensors"
+    save_file(lora, str(path))
+    cog = stages[0]
+    pipe = cog.pipeline()
+    name = cog.loras_of(cog.config.model, cogvideox_loras).load(str(path))  # the stage's own adapters
+    layers = [n for n, m in pipe.transformer.named_modules() if name in getattr(m, "lora_A", {})]
+    assert len(layers) == len(lora) // 2 == 2 * 8 + 6
+    assert {"patch_embed.proj", "patch_embed.text_proj", "time_embedding.linear_1", "proj_out"} <= set(layers)
+
+
+def test_an_exvideo_lora_with_an_unknown_key_fails_its_rows_naming_the_key(tmp_path):
+    """Not a silent partial load, not a whole pool failing without a reason: every row that needs the
+    LoRA fails with the file and the key."""
+    from safetensors.torch import save_file
+
+    released = load_file(str(tiny_path(f"tiny:exvideo-lora/{EXVIDEO_LORA_FILE}")))
+    bad = tmp_path / "bad.safetensors"
+    save_file({**released, "blocks.0.norm_q.lora_A.default.weight": torch.zeros(4, 8)}, str(bad))
+    config = load_config().kinds["exvideo"]
+    stage = ExVideoStage(config.model_copy(update={"models": {**config.models, "lora": str(bad)}}))
+    stage.setup()
+    row = validate_row({"id": "ex", "kind": "exvideo", "prompt": "x", "num_frames": 9}, DEFAULTS["exvideo"])
+    (result,) = stage.process([row])
+    assert result.meta["status"] == "failed"
+    assert f"lora: {bad}: not a CogVideoX LoRA key" in result.meta["error"]
+    assert "'blocks.0.norm_q.lora_A.default.weight'" in result.meta["error"]
+
+
+def test_svd_rows_are_post_processed_as_diffsynth_does_unless_turned_off(stages):
+    row = validate_row(
+        {"id": "p", "kind": "exvideo", "base": "svd", "image": IMAGE, "num_frames": 9}, DEFAULTS["exvideo"]
+    )
+    (default,) = stages[1].process([row])
+    params = json.loads(default.meta["params_json"])
+    assert (params["post_normalize"], params["contrast_enhance_scale"]) == (True, 1.2)
+    config = load_config().kinds["exvideo"]
+    plain = ExVideoStage(
+        config.model_copy(update={"options": {**config.options, "post_normalize": False, "contrast_enhance_scale": 1}})
+    )
+    plain.setup()
+    (off,) = plain.process([row])
+    assert json.loads(off.meta["params_json"])["contrast_enhance_scale"] == 1.0
+    assert np.abs(default.frames.astype(int) - off.frames.astype(int)).mean() > 1
+    with pytest.raises(ValueError, match="options.contrast_enhance_scale: a positive number"):
+        ExVideoStage(config.model_copy(update={"options": {"contrast_enhance_scale": 0}})).setup()

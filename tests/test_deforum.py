@@ -51,15 +51,9 @@ def test_the_default_settings_file_resolves():
     assert (r.mode, r.num_frames, r.width, r.height, r.fps, r.num_inference_steps) == ("3D", 120, 512, 512, 15, 25)
     assert r.guidance_scale == 7.0 and s["sampler"] == "Euler a" and s["diffusion_cadence"] == 2
     assert s["color_coherence"] == "LAB" and s["noise_type"] == "perlin" and s["padding_mode"] == "border"
-    # Keys raypipe does not implement are listed (and only those).
-    assert {
-        "hybrid_motion",
-        "cn_1_enabled",
-        "noise_multiplier_schedule",
-        "sampler_schedule",
-        "depth_algorithm",
-        "batch_name",
-    } <= set(s.unimplemented)
+    # Meaning, not keys: the file's hybrid video, ControlNet units, masks, parseq, looper, ... are
+    # all off, so nothing is reported; it turns on the noise multiplier, which raypipe runs.
+    assert s.unimplemented == [] and s.unknown_keys == [] and s.features == {"noise_multiplier"}
     assert not {"zoom", "prompts", "seed_schedule", "translation_z", "fov_schedule"} & set(s.unimplemented)
     # prompts: positive_prompts before, negative_prompts after --neg (Deforum's composition)
     positive, negative = s.prompt_for_frame(45, 120)
@@ -113,8 +107,9 @@ def test_rejections_name_the_key(tmp_path):
 
 
 def test_unknown_keys_are_listed_not_dropped():
-    r = row({"zooom": "0:(1.1)", "hybrid_motion": "Optical Flow"})
-    assert r.settings.unimplemented == ["hybrid_motion", "zooom"]
+    # hybrid_flow_method RAFT is not implemented, but hybrid motion is off: not reported.
+    r = row({"zooom": "0:(1.1)", "hybrid_flow_method": "RAFT", "hybrid_motion": "None"})
+    assert r.settings.unknown_keys == ["zooom"] and r.settings.unimplemented == []
 
 
 SEED_CASES = {
@@ -418,7 +413,7 @@ def test_the_default_settings_file_runs(deforum_run):
     assert (m["mode"], m["fps"], m["height"], m["num_inference_steps"], m["guidance_scale"]) == ("3D", 15, 64, 2, 7.0)
     assert "swamp bunny" in m["prompt"] and "nsfw" in m["negative_prompt"]
     assert params["deforum_settings"] == DEFAULT_SETTINGS and params["depth_predictions"] > 0
-    assert {"hybrid_motion", "cn_1_enabled", "noise_multiplier_schedule"} <= set(params["deforum_unimplemented"])
+    assert params["deforum_unimplemented"] == [] and params["deforum_features"] == ["noise_multiplier"]
     assert params["scheduler"] == "EulerAncestralDiscreteScheduler" and params["diffused_frames"] == 2
 
 

@@ -25,6 +25,7 @@ from tests.conftest import REPO, SHARED, needs_shared
 K8S = REPO / "k8s"
 GPU = "nvidia.com/gpu"
 SECRET = "raypipe-object-store"
+HF_SECRET = "raypipe-hf-token"
 
 
 def documents() -> list[tuple[Path, dict]]:
@@ -190,6 +191,21 @@ def test_every_container_gets_the_object_store_credentials(which):
             }
             for key in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
                 assert refs[key] == {"name": SECRET, "key": key}, (name, key)  # required: no `optional`
+
+
+@pytest.mark.parametrize("which", ["RayCluster", "RayJob"])
+def test_every_container_gets_the_hub_token_from_its_secret(which):
+    """HF_TOKEN (gated and private models) from the Secret raypipe-hf-token in every container, the
+    driver's (head) and every worker's; optional, so a cluster of public models needs no Secret."""
+    for name, template in pod_templates(cluster_specs()[which]).items():
+        for container in template["spec"]["containers"]:
+            env = {e["name"]: e for e in container.get("env", [])}
+            assert env["HF_TOKEN"]["valueFrom"]["secretKeyRef"] == {
+                "name": HF_SECRET,
+                "key": "HF_TOKEN",
+                "optional": True,
+            }, name
+            assert "value" not in env["HF_TOKEN"], name  # never the token itself in the manifest
 
 
 # ---- one worker group per model family, and the run config that uses them ----------------------

@@ -18,6 +18,7 @@ from raypipe.cli import main
 from raypipe.metadata import Metadata
 from raypipe.metrics import METRICS, RunMetrics
 from raypipe.sink import read_metadata
+from raypipe.usage import read_run_summaries
 from tests.conftest import write_jsonl
 
 SMALL = {"num_inference_steps": 2, "height": 32, "width": 32}
@@ -162,6 +163,16 @@ def test_metrics_prom_agrees_with_the_metadata(metered_run):
     families = {f.name: f.type for f in text_string_to_metric_families(metered_run["prom"])}
     for name, (kind, *_rest) in METRICS.items():
         assert families[name.removesuffix("_total")] == kind, name
+
+
+def test_actor_busy_ratio_is_the_run_summarys(metered_run):
+    """raypipe_actor_busy_ratio{kind,worker}: one series per pool actor, the run summary's ratio."""
+    prom = samples(metered_run["prom"])
+    first = read_run_summaries(str(metered_run["out"]))[0]  # this fixture's run (a later test adds one)
+    series = {dict(labels)["worker"]: v for (name, labels), v in prom.items() if name == "raypipe_actor_busy_ratio"}
+    assert set(series) == {a["worker"] for a in first["actors"]} and len(series) == 1  # pool_size 1
+    for actor in first["actors"]:
+        assert 0 < series[actor["worker"]] == actor["busy_ratio"] <= 1
 
 
 def test_pushgateway_receives_the_final_values(metered_run):

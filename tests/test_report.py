@@ -405,3 +405,161 @@ def test_page_values_are_not_read_as_placeholders():
     assert '<script type="application/json" id="report-rows">[]</script>' in html
     with pytest.raises(KeyError, match="no value for %%OUT%%"):
         page.fill({"TITLE": "t"})
+
+
+# ---- the quality scores section (quality.js) ----------------------------------------------------
+
+QUALITY_SCORES = ("black_fraction", "frozen_fraction", "motion_score", "flicker", "sharpness", "clip_score")
+
+
+def card_scores(dom: str) -> dict[str, str]:
+    """id -> the text of its card's scores line."""
+    found = re.findall(r'<div class="card" id="card-([^"]+)".*?<div class="scores"[^>]*>(.*?)</div>', dom, re.S)
+    return {row_id: html_lib.unescape(text) for row_id, text in found}
+
+
+def histogram_counts(dom: str, score: str) -> list[int]:
+    block = re.search(rf'<div class="hist" id="hist-{score}">(.*?)</div></div>\s*<div class="score-axis"', dom, re.S)
+    assert block, score
+    return [int(n) for n in re.findall(r'data-count="(\d+)"', block.group(1))]
+
+
+def test_quality_scores_on_each_card_and_a_histogram_per_score(report_run, chromium):
+    run = report_run
+    ok = {i: m for i, m in run.meta.items() if m["status"] == "ok"}
+    page = dump_dom(run.html)
+    scores = card_scores(page.dom)
+    assert set(scores) == set(ok)
+    for row_id, meta in ok.items():
+        assert meta["black_fraction"] == 0.0 and meta["motion_score"] > 0 and meta["clip_score"] is None
+        text = scores[row_id]  # e.g. "black 0.00 · frozen 0.00 · motion 0.26 · flicker 13.6 · sharpness 1579"
+        assert text.startswith("black 0.00 · frozen ") and "clip" not in text  # no CLIP model configured
+        assert f"motion {meta['motion_score']:.2f}" in text
+        assert f"sharpness {meta['sharpness']:.0f}" in text
+    # a histogram per score over the rows with a video (the failed and rejected rows have none)
+    for score in QUALITY_SCORES[:-1]:
+        counts = histogram_counts(page.dom, score)
+        assert len(counts) == 20 and sum(counts) == len(ok), score
+    assert 'id="hist-clip_score"><div class="empty">no row has this score</div>' in page.dom
+
+
+def test_quality_range_filter_reads_the_hash(report_run, chromium):
+    run = report_run
+    ok = sorted((m["motion_score"], i) for i, m in run.meta.items() if m["status"] == "ok")
+    cut = (ok[0][0] + ok[1][0]) / 2  # between the two least moving videos
+    low = dump_dom(run.html, f"#motion_score=..{cut}")
+    assert low.cards == [ok[0][1]]
+    assert low.failures == {}  # a row without a video has no motion_score: it is not in the range
+    assert sum(histogram_counts(low.dom, "motion_score")) == 1
+    assert "(1 range set)" in low.dom
+    high = dump_dom(run.html, f"#motion_score={cut}..&status=ok")
+    assert sorted(high.cards) == sorted(i for _, i in ok[1:])
+    both = dump_dom(run.html, f"#motion_score={cut}..&black_fraction=0.5..")
+    assert both.cards == [] and "(2 ranges set)" in both.dom
+
+
+# Clicks a histogram bar, then sets a range in the page's inputs, then clicks the clear button, writing
+# the #hash and the cards after each step into <pre id="probe">.
+QUALITY_PROBE = """<script>
+(() => {
+  const cards = () => document.querySelectorAll("#gallery .card").length;
+  const steps = [];
+  const bar = [...document.querySelectorAll("#hist-motion_score .bin")].find((b) => b.dataset.count !== "0");
+  bar.click();
+  steps.push({hash: location.hash, cards: cards(), count: Number(bar.dataset.count),
+              min: document.getElementById("qmin-motion_score").value});
+  const min = document.getElementById("qmin-sharpness");
+  min.value = "1e9";
+  min.dispatchEvent(new Event("change"));
+  steps.push({hash: location.hash, cards: cards()});
+  document.getElementById("clear").click();
+  steps.push({hash: location.hash, cards: cards(), min: document.getElementById("qmin-sharpness").value});
+  const probe = document.createElement("pre");
+  probe.id = "probe";
+  probe.textContent = JSON.stringify(steps);
+  document.body.append(probe);
+})();
+</script>"""
+
+
+def test_quality_filter_inputs_and_histogram_bars_set_the_hash(report_run, chromium):
+    page = report_run.html.read_text()
+    probe_page = report_run.html.with_name("quality-probe.html")
+    probe_page.write_text(page.replace("</body>", QUALITY_PROBE + "</body>"))
+    try:
+        dom = browse(probe_page.as_uri(), "--dump-dom")
+    finally:
+        probe_page.unlink()
+    found = re.search(r'<pre id="probe">(.*?)</pre>', dom, re.S)
+    assert found, "the probe did not finish"
+    clicked, typed, cleared = json.loads(html_lib.unescape(found.group(1)))
+    ok = sum(1 for m in report_run.meta.values() if m["status"] == "ok")
+    # a bar filters to its range: its videos are the cards, its low end is in the min input and the hash
+    assert clicked["hash"].startswith("#motion_score=") and 1 <= clicked["count"] == clicked["cards"] <= ok
+    bar_low = urllib.parse.unquote(clicked["hash"]).split("motion_score=")[1].split("..")[0]
+    assert float(clicked["min"]) == float(bar_low)
+    # a typed range joins it (no video is that sharp)
+    assert typed["cards"] == 0 and typed["hash"].startswith(clicked["hash"] + "&sharpness=1000000000..")
+    assert cleared == {"hash": "", "cards": ok, "min": ""}
+
+
+class TimelineDom(HTMLParser):
+    """The pool section as the page's script drew it: each bar (its lane's worker, data-start,
+    data-seconds, class), the lanes, each pool's busy ratio and the throughput bins."""
+
+    def __init__(self, dom: str):
+        super().__init__()
+        self.bars: dict[str, tuple[str, float, float, str]] = {}
+        self.lanes: list[str] = []
+        self.pools: dict[str, float | None] = {}
+        self.bins: list[int] = []
+        self._worker = ""
+        self.feed(dom)
+
+    def handle_starttag(self, tag, attrs):
+        a = dict(attrs)
+        classes = (a.get("class") or "").split()
+        if tag == "g" and "actor" in classes:
+            self._worker = a["data-worker"]
+            self.lanes.append(self._worker)
+        elif tag == "rect" and "bar" in classes:
+            self.bars[a["data-id"]] = (self._worker, float(a["data-start"]), float(a["data-seconds"]), a["class"])
+        elif tag == "rect" and "bin" in classes:
+            self.bins.append(int(a["data-videos"]))
+        elif tag == "tr" and "data-pool" in a:
+            self.pools[a["data-pool"]] = float(a["data-busy-ratio"]) if a["data-busy-ratio"] else None
+
+    def handle_endtag(self, tag):
+        if tag == "g":
+            self._worker = ""
+
+
+def test_timeline_agrees_with_the_metadata_and_the_run_summary(report_run, chromium):
+    """One bar per generated row in its worker's lane, where and as long as the metadata says; the
+    pool's busy ratio is the one the run printed and wrote in OUT/runs/<run_id>.json."""
+    from raypipe.usage import read_run_summaries
+
+    run = report_run
+    [summary] = read_run_summaries(str(run.out))
+    generated = {
+        i: m for i, m in run.meta.items() if m["status"] != "rejected" and m["worker"] and m["gen_seconds"] is not None
+    }
+    assert set(generated) == {row["id"] for row in DEMO} | {"broken-model"}
+    drawn = TimelineDom(dump_dom(run.html).dom)
+    assert set(drawn.bars) == set(generated)  # one bar per video (the failed one too), none for "bad-frames"
+    assert set(drawn.lanes) == {m["worker"] for m in generated.values()} == {a["worker"] for a in summary["actors"]}
+    for row_id, (worker, start, seconds, classes) in drawn.bars.items():
+        meta = generated[row_id]
+        assert worker == meta["worker"] and f"status-{meta['status']}" in classes.split()
+        assert seconds == pytest.approx(meta["gen_seconds"], abs=1e-3)
+        # batch_size 1: each call is one row, its bar starts at the row's started_at (from the run's start)
+        assert start == pytest.approx(meta["started_at"].timestamp() - summary["started_at"], abs=2e-3)
+    for lane in drawn.lanes:  # bars of one actor never overlap: what is between them is idle time
+        spans = sorted((s, s + d) for w, s, d, _ in drawn.bars.values() if w == lane)
+        assert all(end <= next_start + 1e-3 for (_, end), (next_start, _) in zip(spans, spans[1:]))
+    assert set(drawn.pools) == set(summary["pools"]) == {"cogvideox"}
+    assert drawn.pools["cogvideox"] == pytest.approx(summary["pools"]["cogvideox"]["busy_ratio"], abs=1e-3)
+    assert 0 < drawn.pools["cogvideox"] <= 1
+    busy = sum(m["gen_seconds"] for m in generated.values())
+    assert summary["pools"]["cogvideox"]["busy_seconds"] == pytest.approx(busy, abs=1e-4)
+    assert sum(drawn.bins) == sum(m["status"] == "ok" for m in run.meta.values())  # videos finished over time

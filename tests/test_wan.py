@@ -38,7 +38,6 @@ REJECTED = [
     ({"image": IMAGE}, "image: only for mode i2v"),
     ({"mode": "i2v"}, "image: required for mode i2v"),
     ({"mode": "v2v"}, "mode: Input should be 't2v' or 'i2v'"),
-    ({"sp_degree": 2}, "sp_degree: sequence parallelism is not wired for kind wan yet"),
     ({"num_frame": 9}, "num_frame: unknown field"),
 ]
 

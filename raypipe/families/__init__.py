@@ -43,6 +43,9 @@ class Family:
     row_model: Callable[[Any, Any], str] | None = None
     # Rows may ask for `sp_degree` > 1 (sequence parallelism on a gang, raypipe/parallel).
     sequence_parallel: bool = False
+    # check(row, kind_config): a validated row against its kind's config (the models it names,
+    # the family's switches), where rows are validated; ValueError("field: problem") rejects it.
+    check: Callable[[Any, Any], None] | None = None
     # The KubeRay worker group of the kind (k8s/raycluster.yaml); default: kind with '-' for '_'.
     worker_group: str = ""
 

@@ -4,8 +4,11 @@ A LoRA path is what a row's `lora` (or AnimateDiff's `motion_lora`) or the confi
 - a folder (diffusers' LoRA layout) or a hub repo id (`org/repo`): handed to load_lora_weights,
   which finds the weights file itself;
 - a file: a local path, any fsspec URI, a file of a tiny model (`tiny:exvideo-lora/x.safetensors`)
-  or of a hub repo (`org/repo/file.safetensors`): read into a state dict, which the family may
-  rename first (`convert`: e.g. DiffSynth-Studio's CogVideoX names, raypipe/families/cogvideox/lora.py).
+  or of a hub repo (`org/repo/file.safetensors`), .safetensors or a torch checkpoint (.ckpt, .pt:
+  AnimateDiff's released motion LoRAs; raypipe/models/weights.py read_weights): read into a state
+  dict, which the family may rename and check first (`convert`: DiffSynth-Studio's CogVideoX names,
+  raypipe/families/cogvideox/lora.py; AnimateDiff's original motion-LoRA names,
+  raypipe/families/animatediff/motion_lora.py). A `convert` error names the path and the keys.
 
 Each path is loaded once per pipeline as a peft adapter (`lora0`, `lora1`, ... in load order);
 `activate` then makes exactly a row's LoRAs active at the row's weights (`disable_lora` for a
@@ -22,7 +25,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from raypipe.models.tiny import TINY_PREFIX, resolve_model
-from raypipe.models.weights import read_safetensors
+from raypipe.models.weights import read_weights
 
 
 def lora_source(path: str) -> str | dict:
@@ -34,7 +37,7 @@ def lora_source(path: str) -> str | dict:
     is_repo_id = local.count("/") == 1 and "://" not in local and not local.startswith((".", "/"))
     if is_repo_id and not os.path.exists(local):
         return local
-    return read_safetensors(local)
+    return read_weights(local)
 
 
 @dataclass
@@ -59,10 +62,15 @@ class LoraAdapters:
                 source = self.convert(source)
             self.pipe.load_lora_weights(source, adapter_name=name)
         except ValueError as err:
-            if str(err).startswith("lora:"):
-                raise
+            if str(err).startswith("lora: "):  # a convert's own error: name the file
+                raise ValueError(f"lora: {path}: {str(err)[len('lora: ') :]}") from None
             raise ValueError(f"lora: cannot load {path}: {type(err).__name__}: {err}") from None
         except Exception as err:  # noqa: BLE001 - the row fails naming the field
+            from raypipe.preflight import hub_failure
+
+            hub = hub_failure(err, path)  # gated, private or missing on the hub: the id and HF_TOKEN
+            if hub is not None:
+                raise ValueError(f"lora: {hub.removeprefix('model: ')}") from None
             raise ValueError(f"lora: cannot load {path}: {type(err).__name__}: {err}") from None
         if name not in self.loaded():  # diffusers only warns when no key matches
             raise ValueError(f"lora: {path} matched no layer of {self.what}")
@@ -81,3 +89,23 @@ class LoraAdapters:
         elif self.names:
             self.pipe.disable_lora()
         return names
+
+
+def named_keys(keys: list[str], what: str) -> str:
+    """ "<what>: 'k1', 'k2' and 3 more" (every key counted, the first five shown)."""
+    more = f" and {len(keys) - 5} more" if len(keys) > 5 else ""
+    return f"{what}: {', '.join(repr(k) for k in keys[:5])}{more}"
+
+
+def raise_key_problems(unknown: list[str], missing: list[str], misshapen: list[str], what: str, layers: str) -> None:
+    """One `lora:` error naming every key a converted LoRA could not place: `unknown` (not a `what`),
+    `missing` (no such layer in `layers`), `misshapen` (not its layer's shape); nothing when all fit."""
+    problems = []
+    if unknown:
+        problems.append(named_keys(unknown, f"not {what}"))
+    if missing:
+        problems.append(named_keys(missing, f"no such layer in {layers} ({len(missing)} keys)"))
+    if misshapen:
+        problems.append(named_keys(misshapen, f"not the shape of its layer ({len(misshapen)} keys)"))
+    if problems:
+        raise ValueError("lora: " + "; ".join(problems))

@@ -13,6 +13,9 @@ The options a video was made with are in its `params_json` (Stage.common_params)
 that a pipeline cannot use (tiling on a VAE without it, offload on a CPU device, step caching
 on a denoiser without diffusers' cache hooks) is skipped, and `skipped_options` says why, so
 that the video's `params_json` can say so too. Unknown options and bad values are errors.
+
+Step caches under sequence parallelism (sp_degree > 1): every rank of a gang takes the same
+skip decision, as one process would (raypipe/parallel/hooks.py), or the gang would hang.
 """
 
 from __future__ import annotations
@@ -77,6 +80,32 @@ def _call_parameters(pipe) -> set[str]:
     return set(inspect.signature(pipe.__call__).parameters)
 
 
+CURRENT_TIMESTEP = "raypipe_current_timestep"
+
+
+def _current_timestep_hook(denoiser):
+    """A named diffusers hook ("raypipe_current_timestep") on the denoiser that keeps the timestep
+    of its current call, for pyramid attention broadcast. On a rank of a gang the gang's shard
+    hook (registered later, so it runs first: raypipe/parallel/hooks.py) has put the timestep the
+    gang agreed on there, so every rank skips the same attention calls."""
+    from diffusers.hooks import HookRegistry, ModelHook
+
+    class CurrentTimestep(ModelHook):
+        def __init__(self):
+            super().__init__()
+            self.value: int | None = None
+
+        def pre_forward(self, module, *args, **kwargs):
+            timestep = kwargs.get("timestep", args[2] if len(args) > 2 else None)
+            if timestep is not None:
+                self.value = int(timestep.flatten()[0]) if hasattr(timestep, "flatten") else int(timestep)
+            return args, kwargs
+
+    hook = CurrentTimestep()
+    HookRegistry.check_if_exists_or_initialize(denoiser).register_hook(hook, CURRENT_TIMESTEP)
+    return hook
+
+
 def _step_cache_config(spec: dict[str, Any], denoiser):
     """The diffusers cache config for `spec`. Pyramid attention broadcast needs the current
     timestep: it is read from the denoiser's own input, so it works for every pipeline that
@@ -87,18 +116,13 @@ def _step_cache_config(spec: dict[str, Any], denoiser):
     try:
         if spec["type"] == "first_block_cache":
             return FirstBlockCacheConfig(**fields)
-        current: dict[str, int] = {}
-
-        def remember_timestep(module, args, kwargs):
-            timestep = kwargs.get("timestep", args[2] if len(args) > 2 else None)
-            if timestep is not None:
-                current["t"] = int(timestep.flatten()[0]) if hasattr(timestep, "flatten") else int(timestep)
-
-        denoiser.register_forward_pre_hook(remember_timestep, with_kwargs=True)
         fields.setdefault("spatial_attention_block_skip_range", 2)
-        return PyramidAttentionBroadcastConfig(current_timestep_callback=lambda: current["t"], **fields)
+        config = PyramidAttentionBroadcastConfig(**fields)
     except TypeError as err:
         raise ValueError(f"options.step_cache: {err}") from None
+    current = _current_timestep_hook(denoiser)
+    config.current_timestep_callback = lambda: current.value
+    return config
 
 
 def apply_options(pipe, options: dict[str, Any], device: str):

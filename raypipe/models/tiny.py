@@ -114,6 +114,28 @@ def tiny_clip_text_encoder(tokenizer, hidden_size: int = 32, projection_dim: int
     return (CLIPTextModelWithProjection if projection_dim else CLIPTextModel)(config)
 
 
+def build_clip(path: Path) -> None:
+    """tiny:clip, the quality gate's CLIP (raypipe/quality.py clip_score; no family owns it): a
+    CLIPModel (2-layer text and vision towers, 32 px images in 8 px patches) and its
+    CLIPProcessor (the tiny tokenizer, a CLIPImageProcessor resizing and cropping to 32 px)."""
+    from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor
+
+    tokenizer = tiny_clip_tokenizer(max_length=16)
+    text = tiny_clip_text_encoder(tokenizer, hidden_size=32).config.to_dict()
+    vision = dict(
+        image_size=32, patch_size=8, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2
+    )
+    seeded(30)
+    model = CLIPModel(CLIPConfig(text_config=text, vision_config=vision, projection_dim=16))
+    image_processor = CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
+    model.save_pretrained(path)
+    CLIPProcessor(image_processor=image_processor, tokenizer=tokenizer).save_pretrained(path)
+
+
+# Tiny models no family owns, by name.
+SHARED_TINY: dict[str, Callable[[Path], None]] = {"clip": build_clip}
+
+
 # ---- image VAE, Stable Diffusion 1.5 and a depth model (deforum, animatediff, sdxl_video) --------
 
 
@@ -212,7 +234,7 @@ def builders() -> dict[str, Callable[[Path], None]]:
     """tiny model name -> builder, from every family's registration."""
     from raypipe.families import families
 
-    out: dict[str, Callable[[Path], None]] = {}
+    out: dict[str, Callable[[Path], None]] = dict(SHARED_TINY)
     for family in families():
         for name, builder in family.tiny.items():
             if out.get(name, builder) is not builder:

@@ -1,16 +1,18 @@
-"""Sequence parallelism: long CogVideoX / ExVideo rows on a gang of N rank actors.
+"""Sequence parallelism: long videos on a gang of N rank actors (rows with `sp_degree` N > 1).
 
-- validate.py: the checks a row gets at validation (heads, latent rows, CFG parallel, gang size);
-- gang.py: the gang (placement group + rank actors), its life cycle, timeouts and retries;
-- ulysses.py: the transformer wiring and Ulysses attention (gloo on CPU, NCCL on GPU);
-- xdit.py: xDiT's USP attention and CFG parallel on GPU ranks (optional `gpu` extra).
+- validate.py: the checks a row gets at validation (heads, CFG parallel, gang size);
+- gang.py: the gang (placement group + rank actors), its life cycle, timeouts and retries, and
+  RankWorker (one rank: joins the gang, builds its stage with its context, runs rows);
+- context.py: a rank's place in the gang (SPContext), its process groups and backend;
+- hooks.py: the named diffusers hooks that wire a rank's transformer (and the step caches);
+- ulysses.py: the video tokens sharded (padded to a multiple of N) and Ulysses attention;
+- xdit.py: xDiT's USP attention and CFG parallel on GPU ranks (optional `gpu` extra);
+- each family that runs sequence parallel wires its transformer in
+  raypipe/families/<kind>/parallel.py (`parallelize(transformer, context)`).
 
-A stage hands its rows here with two calls (see raypipe/families/cogvideox/stage.py):
-
-    if parallel.wants_gang(self, rows):
-        return parallel.generate_on_gangs(self, rows, inputs)
-
-This module stays light (no torch, no ray at import): the validation tasks import it.
+A stage whose family has `sequence_parallel=True` holds a `Gangs` (stage.gangs), and the Stage
+base sends it the rows with sp_degree > 1 (raypipe/stage.py); the families' `generate` does not
+know about gangs. This module stays light (no torch, no ray at import): the validation tasks import it.
 """
 
 from __future__ import annotations
@@ -20,67 +22,42 @@ from typing import Any
 
 from raypipe.parallel.validate import check_sequence_parallel, gang_ranks, rank_resources
 
-__all__ = [
-    "check_sequence_parallel",
-    "gang_ranks",
-    "generate_on_gangs",
-    "rank_resources",
-    "shutdown_gangs",
-    "wants_gang",
-]
+__all__ = ["Gangs", "check_sequence_parallel", "gang_ranks", "rank_resources", "sp_degree"]
 
 
 def sp_degree(row: Any) -> int:
     return int(getattr(row, "sp_degree", 1) or 1)
 
 
-def wants_gang(stage: Any, rows: list) -> bool:
-    """True when some row asks for sp_degree > 1 and `stage` is not itself a rank of a gang."""
-    return getattr(stage, "sp_context", None) is None and any(sp_degree(row) > 1 for row in rows)
+class Gangs:
+    """The gangs of one stage: one per sp_degree in use, created on first use and kept (at most
+    sp.max_gangs; the least recently used one is shut down first). They die with their owner."""
 
+    def __init__(self, stage_cls: type, config):
+        self.stage_cls, self.config = stage_cls, config
+        self._gangs: OrderedDict[int, Any] = OrderedDict()
 
-def _gangs(stage: Any) -> OrderedDict:
-    gangs = getattr(stage, "_sp_gangs", None)
-    if gangs is None:
-        gangs = stage._sp_gangs = OrderedDict()
-    return gangs
+    def __contains__(self, degree: int) -> bool:
+        return degree in self._gangs
 
+    def get(self, degree: int):
+        """The gang of this degree (raypipe.parallel.gang.Gang), created on first use (not started)."""
+        from raypipe.parallel.gang import Gang
 
-def gang_for(stage: Any, degree: int):
-    """The stage's gang of this degree, created on first use and kept (at most sp.max_gangs)."""
-    from raypipe.parallel.gang import Gang
+        if degree in self._gangs:
+            self._gangs.move_to_end(degree)
+            return self._gangs[degree]
+        while len(self._gangs) >= self.config.sp.max_gangs:
+            _, old = self._gangs.popitem(last=False)
+            old.shutdown()
+        self._gangs[degree] = gang = Gang(self.stage_cls, self.config, degree)
+        return gang
 
-    gangs = _gangs(stage)
-    if degree in gangs:
-        gangs.move_to_end(degree)
-        return gangs[degree]
-    while len(gangs) >= stage.config.sp.max_gangs:
-        _, old = gangs.popitem(last=False)
-        old.shutdown()
-    gangs[degree] = gang = Gang(type(stage), stage.config, degree)
-    return gang
+    def generate(self, degree: int, rows: list, inputs: list[dict[str, Any]]) -> list:
+        """The videos of `rows` (one batch_key, all of this degree), generated on the gang."""
+        return self.get(degree).generate(rows, inputs)
 
-
-def generate_on_gangs(stage: Any, rows: list, inputs: list[dict[str, Any]]) -> list:
-    """stage.generate for a mix of rows: sp_degree 1 rows on the stage itself, the others on
-    the gang of their degree. Results in the order of `rows`."""
-    out: list = [None] * len(rows)
-    by_degree: dict[int, list[int]] = {}
-    for i, row in enumerate(rows):
-        by_degree.setdefault(sp_degree(row), []).append(i)
-    for degree, indices in by_degree.items():
-        part_rows, part_inputs = [rows[i] for i in indices], [inputs[i] for i in indices]
-        if degree <= 1:
-            results = stage.generate(part_rows, part_inputs)
-        else:
-            results = gang_for(stage, degree).generate(part_rows, part_inputs)
-        for i, result in zip(indices, results):
-            out[i] = result
-    return out
-
-
-def shutdown_gangs(stage: Any) -> None:
-    """Kill the stage's gangs now (they also die with the process that owns them)."""
-    gangs = _gangs(stage)
-    while gangs:
-        gangs.popitem()[1].shutdown()
+    def shutdown(self) -> None:
+        """Kill the gangs now."""
+        while self._gangs:
+            self._gangs.popitem()[1].shutdown()

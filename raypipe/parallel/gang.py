@@ -3,15 +3,22 @@
 The pool's actor (Ray Data) owns its gangs: it creates one the first time a row of that
 degree comes, and reuses it for every later row (the ranks keep the model loaded). Every
 rank runs the stage's own `generate` on the same rows with the same seeds; its transformer
-is wired for sequence parallelism (ulysses.py or xdit.py), so each rank computes only its
-rows of video tokens. Rank 0 (the leader) decodes the latents and returns the frames; the
+is wired for sequence parallelism (hooks.py, ulysses.py or xdit.py), so each rank computes
+only its shard of the video tokens. Rank 0 (the leader) decodes the latents and returns the frames; the
 others skip the VAE decode.
 
-Failures never hang the run: the pool actor waits on the ranks with ray.wait and deadlines.
-A rank that dies, or a gang that does not finish a row in time, is killed whole (a rank
-blocked in a collective cannot be trusted), and the row runs again on a fresh gang up to
-`sp.retries` times; after that it fails with the reason. A Python error on a rank (bad
-input, out of memory) fails the row with that error and rank number.
+In a run the owner is an actor of the kind's pool of gangs ("<kind>/sp<N>", raypipe/pipeline/
+waves.py): it asks for CPU only and loads no model, so the GPUs held for a row are the gang's
+alone. The ranks carry the kind's resources (GPUs, memory, custom resources, accelerator type:
+validate.rank_resources), in the placement group's bundles and in their actor options, so they
+land on (or make the autoscaler add) the kind's own nodes.
+
+Failures never hang the run: the owner waits on the ranks with ray.wait and deadlines. A rank
+that dies, stops answering the heartbeat for sp.rank_timeout_s (a ping served on a thread of its
+own, so a rank busy computing or in a collective answers), or a gang that does not finish a row
+in time, is killed whole (a rank blocked in a collective cannot be trusted), and the row runs
+again on a fresh gang up to `sp.retries` times; after that it fails with the reason. A Python
+error on a rank (bad input, out of memory) fails the row with that error and rank number.
 """
 
 from __future__ import annotations
@@ -19,7 +26,7 @@ from __future__ import annotations
 import os
 import socket
 import time
-from datetime import timedelta
+import uuid
 from typing import Any
 
 import ray
@@ -27,11 +34,13 @@ from ray.util.placement_group import placement_group, remove_placement_group
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
 from raypipe.config import KindConfig
-from raypipe.parallel.validate import gang_ranks, rank_resources
+from raypipe.parallel.validate import ACCELERATOR_PREFIX, gang_ranks, rank_resources, resource_amount
 
 # After one rank raised, how long the others may take to finish (or fail) before the gang
 # counts as stuck in a collective and is killed.
 ERROR_GRACE_S = 20.0
+# The ranks' heartbeat runs in a concurrency group of its own: one thread beside the rank's work.
+HEARTBEAT_GROUP = "heartbeat"
 
 
 class SequenceParallelError(RuntimeError):
@@ -42,54 +51,11 @@ class _GangBroken(Exception):
     """The gang is unusable (a rank died or a deadline passed): kill it, maybe retry."""
 
 
-def _peak_rss_reset() -> None:
-    try:  # Linux: "5" resets the process's peak resident set size (VmHWM)
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-    except OSError:
-        pass
-
-
-def _rss_mb(field: str = "VmHWM") -> float:
-    """This process's peak (VmHWM) or current (VmRSS) resident memory, MiB."""
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith(field + ":"):
-                    return int(line.split()[1]) / 1024.0
-    except OSError:
-        pass
-    import resource
-
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
-
-
-class _MeasuredDecode:
-    """Replaces vae.decode on a rank: notes when denoising ended (time, peak memory so far), then
-    decodes on the leader; on the other ranks returns a 1-frame 8x8 stand-in (never returned)."""
-
-    def __init__(self, decode, skip: bool):
-        self.decode, self.skip = decode, skip
-        self.started: float | None = None
-        self.started_cpu: float | None = None
-        self.peak_rss_mb: float | None = None
-
-    def __call__(self, latents, *args, **kwargs):
-        if self.started is None:  # the first decode of the row
-            self.started, self.started_cpu = time.perf_counter(), time.process_time()
-            self.peak_rss_mb = _rss_mb("VmHWM")
-        if not self.skip:
-            return self.decode(latents, *args, **kwargs)
-        import torch
-        from diffusers.models.autoencoders.vae import DecoderOutput
-
-        return DecoderOutput(
-            sample=torch.zeros(latents.shape[0], 3, 1, 8, 8, dtype=latents.dtype, device=latents.device)
-        )
-
-
 class RankWorker:
-    """One rank of a gang (a Ray actor in one bundle of the gang's placement group)."""
+    """One rank of a gang (a Ray actor in one bundle of the gang's placement group): it joins the
+    gang's process groups (context.join), builds the stage with its place in the gang
+    (`stage_cls(config, sp=context)`: the stage wires every pipeline it loads with named hooks,
+    raypipe/parallel/hooks.py) and runs the stage's generate on the rows it is given."""
 
     def __init__(self, rank: int, world_size: int, sp_degree: int, stage_cls, kind_config: dict[str, Any]):
         self.rank, self.world_size, self.sp_degree = rank, world_size, sp_degree
@@ -97,7 +63,6 @@ class RankWorker:
         self.config = KindConfig.model_validate(kind_config)
         self.stage = None
         self.ctx = None
-        self.decoders: list[_MeasuredDecode] = []
 
     def rendezvous_address(self) -> str:
         """tcp://<this node>:<a free port>, for torch.distributed (asked of rank 0)."""
@@ -107,108 +72,142 @@ class RankWorker:
         return f"tcp://{ray.util.get_node_ip_address()}:{port}"
 
     def start(self, init_method: str) -> dict[str, Any]:
-        """Join the process group, wire the attention, load the model. All ranks call it at once."""
+        """Join the process groups, build the stage, load (and wire) the model. All ranks call it at once."""
         import torch
-        import torch.distributed as dist
 
-        from raypipe.parallel import ulysses, xdit
+        from raypipe.parallel.context import join
 
-        sp = self.config.sp
-        cfg_degree = self.world_size // self.sp_degree
-        cpus = rank_resources(self.config)["CPU"]
-        torch.set_num_threads(max(1, int(cpus)))
-        timeout = timedelta(seconds=sp.row_timeout_s)
-        on_cuda = self.config.device.startswith("cuda")
-        backend = sp.backend
-        if backend == "auto":
-            backend = "xdit" if on_cuda and xdit.available() else "ulysses"
-        if backend == "xdit":
-            if not xdit.available():
-                raise RuntimeError("sp.backend: xdit needs a GPU and xfuser (pip install 'raypipe[gpu]')")
-            self.ctx = xdit.init(
-                self.rank, self.world_size, init_method, self.sp_degree, sp.ring_degree, cfg_degree, timeout
-            )
-        else:
-            if on_cuda:
-                torch.cuda.set_device(0)  # Ray gives each rank one GPU: cuda:0 in this process
-            dist.init_process_group(
-                "nccl" if on_cuda else "gloo",
-                init_method=init_method,
-                rank=self.rank,
-                world_size=self.world_size,
-                timeout=timeout,
-            )
-            # the grid cfg x sp: rank = cfg_rank * sp_degree + sp_rank (new_group is collective: all ranks, same order)
-            sp_groups = [
-                dist.new_group(list(range(c * self.sp_degree, (c + 1) * self.sp_degree))) for c in range(cfg_degree)
-            ]
-            cfg_groups = (
-                [dist.new_group(list(range(s, self.world_size, self.sp_degree))) for s in range(self.sp_degree)]
-                if cfg_degree > 1
-                else [None] * self.sp_degree
-            )
-            cfg_rank, sp_rank = divmod(self.rank, self.sp_degree)
-            note = f" (ring_degree {sp.ring_degree} runs as Ulysses: no xfuser)" if sp.ring_degree > 1 else ""
-            self.ctx = ulysses.SPContext(
-                sp_rank=sp_rank,
-                sp_size=self.sp_degree,
-                sp_group=sp_groups[cfg_rank],
-                cfg_rank=cfg_rank,
-                cfg_size=cfg_degree,
-                cfg_group=cfg_groups[sp_rank],
-                backend=f"ulysses-{'nccl' if on_cuda else 'gloo'}{note}",
-            )
-        self.stage = self.stage_cls(self.config)
-        self.stage.sp_context = self.ctx  # tells the stage's dispatch that it runs inside a gang
-        load = self.stage.load_pipeline
-
-        def load_parallel(path: str):
-            pipe = load(path)
-            ulysses.parallelize_transformer(pipe.transformer, self.ctx)
-            # only the leader's frames are kept: the others skip the VAE decode (on the VAE itself,
-            # so that every pipeline built from these modules skips it: v2v, i2v)
-            pipe.vae.decode = _MeasuredDecode(pipe.vae.decode, skip=self.rank != 0)
-            self.decoders.append(pipe.vae.decode)
-            return pipe
-
-        self.stage.load_pipeline = load_parallel
+        cpus = max(1, int(rank_resources(self.config)["CPU"]))
+        torch.set_num_threads(cpus)
+        self.ctx = join(self.rank, self.world_size, self.sp_degree, init_method, self.config.sp, self.config.device)
+        self.stage = self.stage_cls(self.config, sp=self.ctx)
         self.stage.setup()
-        torch.set_num_threads(max(1, int(cpus)))  # setup() set the pool actor's count
+        torch.set_num_threads(cpus)  # setup() set the kind's count, not the rank's
         return {"rank": self.rank, "backend": self.ctx.backend, "worker": f"{socket.gethostname()}:{os.getpid()}"}
 
     def generate(self, rows: list, inputs: list[dict[str, Any]]) -> tuple[list | None, dict[str, Any]]:
         """The stage's generate on this rank's shard; the leader returns the videos."""
         import torch
 
+        from raypipe.parallel.context import peak_rss_reset, rss_mb
+
         on_cuda = torch.cuda.is_available() and self.config.device.startswith("cuda")
-        _peak_rss_reset()
+        peak_rss_reset()
         if on_cuda:
             torch.cuda.reset_peak_memory_stats()
-        rss_before = _rss_mb("VmRSS")
-        for decoder in self.decoders:
-            decoder.started = decoder.peak_rss_mb = None
+        rss_before = rss_mb("VmRSS")
+        denoised = self.ctx.stats
+        denoised.reset()
         t0, cpu0 = time.perf_counter(), time.process_time()
         generated = self.stage.generate(rows, inputs)
         stats = {
             "rank": self.rank,
             "seconds": time.perf_counter() - t0,
             "cpu_seconds": time.process_time() - cpu0,
-            "peak_rss_mb": _rss_mb("VmHWM"),
+            "peak_rss_mb": rss_mb("VmHWM"),
             "rss_before_mb": rss_before,
             "peak_cuda_mb": torch.cuda.max_memory_allocated() / 2**20 if on_cuda else None,
         }
-        decoded = [d for d in self.decoders if d.started is not None]
-        if decoded:  # the denoising loop alone: up to the first VAE decode
+        if denoised.denoise_end is not None:  # the denoising loop alone: up to its last transformer call
             stats.update(
-                denoise_seconds=decoded[0].started - t0,
-                denoise_cpu_seconds=decoded[0].started_cpu - cpu0,
-                denoise_peak_rss_mb=decoded[0].peak_rss_mb,
+                denoise_seconds=denoised.denoise_end - t0,
+                denoise_cpu_seconds=denoised.denoise_end_cpu - cpu0,
+                denoise_peak_rss_mb=denoised.denoise_peak_rss_mb,
             )
-        return (generated if self.rank == 0 else None), stats
+        return (generated if self.ctx.is_leader else None), stats
+
+
+# Gangs' placement groups are named "raypipe-gang-<job id>-<random>": Ray keeps a placement group
+# until it is removed or its job ends, not until its creator (a pool actor) goes, so the run's
+# driver removes its job's leftovers once the pools are done (remove_leftover_gangs).
+GANG_PREFIX = "raypipe-gang-"
+
+
+def _gang_name() -> str:
+    return f"{GANG_PREFIX}{ray.get_runtime_context().get_job_id()}-{uuid.uuid4().hex[:8]}"
+
+
+def remove_leftover_gangs() -> int:
+    """Remove the placement groups of this job's gangs that are still there (their pool actor was
+    ended by Ray Data without shutting its gang down); the number removed. Call it only when no
+    gang of this job is running (the run's driver, after an execution)."""
+    prefix = f"{GANG_PREFIX}{ray.get_runtime_context().get_job_id()}-"
+    removed = 0
+    for info in ray.util.placement_group_table().values():
+        if info["name"].startswith(prefix) and info["state"] != "REMOVED":
+            try:
+                remove_placement_group(ray.util.get_placement_group(info["name"]))
+                removed += 1
+            except Exception:  # noqa: BLE001 - removed meanwhile
+                pass
+    return removed
+
+
+def rank_actor_options(kind_config: KindConfig) -> dict[str, Any]:
+    """A rank actor's options: exactly its bundle (rank_resources), in Ray's option names."""
+    bundle = rank_resources(kind_config)
+    options: dict[str, Any] = {"num_cpus": bundle["CPU"], "num_gpus": bundle.get("GPU", 0), "max_restarts": 0}
+    if "memory" in bundle:
+        options["memory"] = bundle["memory"]
+    custom = {
+        k: v for k, v in bundle.items() if k not in ("CPU", "GPU", "memory") and not k.startswith(ACCELERATOR_PREFIX)
+    }
+    if custom:
+        options["resources"] = custom
+    if kind_config.accelerator_type:
+        options["accelerator_type"] = kind_config.accelerator_type
+    return options
+
+
+def _heartbeat(_worker) -> None:
+    """The ping a rank answers on its heartbeat thread (run there by the actor's __ray_call__)."""
+
+
+class _Heartbeats:
+    """Pings every rank of a gang while its owner waits on it. A rank that answered once (it is
+    up: a ping, or any call's result) and then leaves a ping unanswered for sp.rank_timeout_s is
+    silent: stopped, swapped out, or cut off. Before its first answer the rank is still starting
+    (sp.start_timeout_s bounds that)."""
+
+    def __init__(self, ranks: list, sp):
+        self.ranks, self.sp = ranks, sp
+        self.sent: dict[int, tuple[Any, float]] = {}  # rank -> (ping, sent at), unanswered
+        self.answered: dict[int, float] = {}  # rank -> when it last answered
+
+    @property
+    def timeout(self) -> float:
+        return self.sp.rank_timeout_s
+
+    @property
+    def interval(self) -> float:
+        return max(0.05, self.timeout / 4)
+
+    def answer(self, rank: int) -> None:
+        self.answered[rank] = time.monotonic()
+
+    def silent(self) -> list[int]:
+        """Collect answers, send the pings due; the ranks that are silent now."""
+        if self.sent:
+            ready, _ = ray.wait([ref for ref, _ in self.sent.values()], num_returns=len(self.sent), timeout=0)
+            for i, (ref, _) in list(self.sent.items()):
+                if ref in ready:
+                    del self.sent[i]
+                    self.answer(i)
+                    try:
+                        ray.get(ref)
+                    except Exception:  # noqa: BLE001 - a dead rank: the wait on its result says so
+                        pass
+        now = time.monotonic()
+        for i, rank in enumerate(self.ranks):
+            if i not in self.sent and now - self.answered.get(i, 0.0) >= self.interval:
+                ping = rank.__ray_call__.options(concurrency_group=HEARTBEAT_GROUP).remote(_heartbeat)
+                self.sent[i] = (ping, now)
+        return sorted(i for i, (_, at) in self.sent.items() if i in self.answered and now - at > self.timeout)
 
 
 class Gang:
-    """N rank actors in a placement group, owned by the process that created it (a pool actor)."""
+    """N rank actors in a placement group, owned by the process that created it (in a run: an
+    actor of the kind's pool of gangs, which holds no GPU)."""
 
     def __init__(self, stage_cls, kind_config: KindConfig, sp_degree: int):
         self.stage_cls, self.config, self.sp_degree = stage_cls, kind_config, sp_degree
@@ -216,9 +215,15 @@ class Gang:
         self.bundle = rank_resources(kind_config)
         self.pg = None
         self.ranks: list = []
+        self.heartbeats = _Heartbeats([], kind_config.sp)
         self.info: list[dict[str, Any]] = []
         self.starts = 0
         self.last_stats: list[dict[str, Any]] = []  # per rank, of the last row (benchmarks read it)
+
+    @property
+    def gpus(self) -> float:
+        """GPUs the gang holds (its ranks' bundles)."""
+        return self.world_size * self.bundle.get("GPU", 0.0)
 
     # ---- life cycle -----------------------------------------------------------------------
 
@@ -226,29 +231,32 @@ class Gang:
         sp = self.config.sp
         deadline = time.monotonic() + sp.start_timeout_s
         self.starts += 1
-        self.pg = placement_group([dict(self.bundle)] * self.world_size, strategy=sp.placement_strategy)
+        self.pg = placement_group(
+            [dict(self.bundle)] * self.world_size, strategy=sp.placement_strategy, name=_gang_name()
+        )
         try:
             ray.get(self.pg.ready(), timeout=sp.start_timeout_s)
         except ray.exceptions.GetTimeoutError:
             available = ray.available_resources()
             self.shutdown()
+            per_rank = ", ".join(resource_amount(name, amount) for name, amount in self.bundle.items())
+            free = ", ".join(resource_amount(name, available.get(name, 0.0)) for name in self.bundle)
             raise SequenceParallelError(
-                f"sp_degree {self.sp_degree}: could not place a gang of {self.world_size} ranks x {self.bundle} "
-                f"({sp.placement_strategy}) within {sp.start_timeout_s:g}s; available now: "
-                f"CPU {available.get('CPU', 0):g}, GPU {available.get('GPU', 0):g}"
+                f"sp_degree {self.sp_degree}: could not place a gang of {self.world_size} ranks x {{{per_rank}}} "
+                f"({sp.placement_strategy}) within {sp.start_timeout_s:g}s; available now: {free}"
             ) from None
-        # plain int/float resources: a rank holds exactly its bundle
-        options = {"num_cpus": self.bundle["CPU"], "num_gpus": self.bundle.get("GPU", 0), "max_restarts": 0}
-        actor_cls = ray.remote(RankWorker)
+        # Each rank asks for exactly its bundle (and the heartbeat thread beside its work).
+        actor_cls = ray.remote(concurrency_groups={HEARTBEAT_GROUP: 1})(RankWorker)
         self.ranks = [
             actor_cls.options(
                 scheduling_strategy=PlacementGroupSchedulingStrategy(
                     self.pg, placement_group_bundle_index=i, placement_group_capture_child_tasks=False
                 ),
-                **options,
+                **rank_actor_options(self.config),
             ).remote(i, self.world_size, self.sp_degree, self.stage_cls, self.config.model_dump())
             for i in range(self.world_size)
         ]
+        self.heartbeats = _Heartbeats(self.ranks, sp)
         try:
             init_method = self._wait([self.ranks[0].rendezvous_address.remote()], deadline, "starting rank 0")[0]
             self.info = self._wait(
@@ -281,21 +289,30 @@ class Gang:
     # ---- running rows ---------------------------------------------------------------------
 
     def _wait(self, refs: list, deadline: float, what: str) -> list:
-        """Results of one call per rank; raises _GangBroken (death, deadline) or SequenceParallelError."""
+        """Results of one call per rank (refs[i] on rank i); raises _GangBroken (death, deadline,
+        a silent rank) or SequenceParallelError (a rank raised)."""
         pending = {ref: i for i, ref in enumerate(refs)}
         results: list = [None] * len(refs)
         failed: tuple[int, BaseException] | None = None
+        heartbeats = self.heartbeats
         while pending:
             left = deadline - time.monotonic()
-            if left <= 0:
+            silent = heartbeats.silent()
+            if left <= 0 or silent:
                 if failed:  # one rank raised, the others are stuck waiting for it in a collective
                     self.shutdown()
                     break
+                if silent:
+                    raise _GangBroken(
+                        f"{what}: rank(s) {silent} of {len(self.ranks)} did not answer for "
+                        f"{heartbeats.timeout:g}s (sp.rank_timeout_s)"
+                    )
                 ranks = sorted(pending.values())
                 raise _GangBroken(f"{what}: rank(s) {ranks} of {len(refs)} did not finish in time")
-            ready, _ = ray.wait(list(pending), num_returns=1, timeout=left)
+            ready, _ = ray.wait(list(pending), num_returns=1, timeout=min(left, heartbeats.interval))
             for ref in ready:
                 i = pending.pop(ref)
+                heartbeats.answer(i)
                 try:
                     results[i] = ray.get(ref)
                 except ray.exceptions.RayActorError as err:
@@ -339,6 +356,7 @@ class Gang:
             "sp_backend": self.info[0]["backend"],
             "sp_cfg_parallel": sp.cfg_parallel,
             "sp_placement": sp.placement_strategy,
+            "sp_gpus": self.gpus,  # what the gang held; the pool actor that drove it holds none
             "sp_rank_seconds": [round(s["seconds"], 3) for s in stats],
             "sp_rank_peak_rss_mb": [round(s["peak_rss_mb"], 1) for s in stats],
             "sp_workers": [info["worker"] for info in self.info],

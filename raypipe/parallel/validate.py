@@ -1,26 +1,23 @@
 """Checks of a sequence-parallel row, before any model runs (validation rejects the row).
 
 The schema checks what a row alone can tell; these checks also need the run config, the
-model's own config files (heads, patch size, VAE compression) and the cluster's node sizes,
+model's own config (its attention heads) and the cluster's node sizes,
 so the runner calls them in its validation tasks. Each raises ValueError("field: problem").
 These are the mistakes xDiT users hit (xDiT #265, #358, #492): a degree that does not divide
-the heads or the token rows, forgetting that CFG parallel doubles the GPUs, and a gang that
-no node can hold. No torch here: validation runs on light CPU workers.
+the heads, forgetting that CFG parallel doubles the GPUs, and a gang that no node can hold.
+(The token count needs no check: the video tokens are padded to a multiple of the degree.)
+No torch here: validation runs on light CPU workers.
 """
 
 from __future__ import annotations
 
 import time
+from collections import Counter
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
 
-from raypipe.config import KindConfig
-
-# CogVideoX (1.0 and 1.5, 2B and 5B): 8x spatial VAE, 2x2 patches. Used when a model's
-# config files cannot be read here (a hub id that is not in the local cache).
-DEFAULT_VAE_SCALE = 8
-DEFAULT_PATCH_SIZE = 2
+from raypipe.config import KindConfig, RunConfig
 
 
 @dataclass(frozen=True)
@@ -28,24 +25,16 @@ class TransformerShape:
     """What sequence parallelism needs to know about a model."""
 
     heads: int | None  # None: unknown here (checked again on the ranks)
-    patch_size: int = DEFAULT_PATCH_SIZE
-    vae_scale: int = DEFAULT_VAE_SCALE
 
 
 @lru_cache(maxsize=64)
 def transformer_shape(model: str) -> TransformerShape:
-    """Heads and patch size of `model`'s transformer, from its config.json (a `tiny:` model is
+    """The attention heads of `model`'s transformer, from its config.json (a `tiny:` model is
     built on first use, as the stage would)."""
     from raypipe.models.weights import read_model_config
 
     transformer = read_model_config(model, "transformer/config.json") or {}
-    vae = read_model_config(model, "vae/config.json") or {}
-    blocks = vae.get("block_out_channels")
-    return TransformerShape(
-        heads=transformer.get("num_attention_heads"),
-        patch_size=int(transformer.get("patch_size") or DEFAULT_PATCH_SIZE),
-        vae_scale=2 ** (len(blocks) - 1) if blocks else DEFAULT_VAE_SCALE,
-    )
+    return TransformerShape(heads=transformer.get("num_attention_heads"))
 
 
 def row_model(row: Any, kind_config: KindConfig) -> str:
@@ -61,7 +50,9 @@ def gang_ranks(sp_degree: int, kind_config: KindConfig) -> int:
 
 
 def rank_resources(kind_config: KindConfig) -> dict[str, float]:
-    """One rank actor's bundle in the gang's placement group."""
+    """One rank actor's bundle in the gang's placement group, in Ray's resource names. A rank
+    holds a whole model as a pool actor does, so it carries the kind's memory, custom resources
+    (the kind's node group: raypipe_<kind> in configs/kuberay.yaml) and accelerator type."""
     sp = kind_config.sp
     gpus = sp.rank_num_gpus if sp.rank_num_gpus is not None else kind_config.num_gpus
     if kind_config.device.startswith("cuda"):
@@ -70,7 +61,21 @@ def rank_resources(kind_config: KindConfig) -> dict[str, float]:
     bundle = {"CPU": float(cpus)}
     if gpus:
         bundle["GPU"] = float(gpus)
+    if kind_config.memory_gb:
+        bundle["memory"] = float(int(kind_config.memory_gb * 2**30))
+    bundle.update({name: float(amount) for name, amount in kind_config.resources.items()})
+    if kind_config.accelerator_type:  # what Ray's accelerator_type option asks of a node
+        bundle[f"{ACCELERATOR_PREFIX}{kind_config.accelerator_type}"] = ACCELERATOR_AMOUNT
     return bundle
+
+
+# Ray's accelerator_type option is a request for this much of the node resource "accelerator_type:<type>".
+ACCELERATOR_PREFIX, ACCELERATOR_AMOUNT = "accelerator_type:", 0.001
+
+
+def gang_gpus(sp_degree: int, kind_config: KindConfig) -> float:
+    """GPUs a gang of this degree holds (its ranks'; the actor driving it holds none)."""
+    return gang_ranks(sp_degree, kind_config) * rank_resources(kind_config).get("GPU", 0.0)
 
 
 _nodes_cache: tuple[float, list[dict[str, float]]] | None = None
@@ -94,45 +99,143 @@ def alive_node_resources() -> list[dict[str, float]] | None:
     return nodes
 
 
+# A node group counts at most this many times (enough for any gang; an autoscaler group may be unbounded).
+MAX_GROUP_NODES = 16
+
+
+def autoscaler_node_resources() -> list[dict[str, float]]:
+    """One entry per node the cluster's autoscaler may add (its node groups up to max_count; Ray's
+    cluster config, written by the autoscaler: KubeRay's GPU groups start at 0 pods), else []."""
+    try:
+        from ray._private.state import state
+
+        config = state.get_cluster_config()
+    except Exception:  # noqa: BLE001 - no autoscaler, or an older Ray
+        return []
+    nodes = []
+    for group in getattr(config, "node_group_configs", None) or []:
+        count = MAX_GROUP_NODES if group.max_count < 0 else min(group.max_count, MAX_GROUP_NODES)
+        nodes += [{name: float(amount) for name, amount in group.resources.items()}] * count
+    return nodes
+
+
+@dataclass(frozen=True)
+class GangNodes:
+    """The nodes a gang must fit at validation, and what they are (said in rejections)."""
+
+    nodes: list[dict[str, float]]
+    source: str
+
+
+def gang_nodes(config: RunConfig, joined: bool) -> tuple[GangNodes | None, str]:
+    """What the gang-fits check of a pass uses, read once on the driver, and a line saying so.
+
+    joined (a run, or --address / RAY_ADDRESS): the cluster this process is connected to, its
+    alive nodes and the nodes it may add: its autoscaler's node groups (Ray's cluster config, where
+    the autoscaler reports one) and the config's `cluster` (KubeRay's GPU groups start at 0 pods).
+    Otherwise (`raypipe validate` / `plan` on a laptop, in a Ray started for the pass) never the
+    machine's own size: the config's `cluster` if it has one, else no check (None) and a note."""
+    declared = [group.ray_resources() for group in config.cluster for _ in range(group.count)]
+    if joined:
+        alive, more = alive_node_resources(), autoscaler_node_resources()
+        if alive is None:
+            return None, f"{SP_ROWS}gang size not checked: cannot read the cluster's nodes"
+        source = "alive nodes" + (", nodes the autoscaler may add" if more else "")
+        source += ", nodes of the config's `cluster`" if declared else ""
+        said = f"gang size checked against the cluster's {len(alive)} alive nodes"
+        said += f", {len(more)} its autoscaler may add" if more else ""
+        said += f", the config's `cluster` ({len(declared)} nodes)" if declared else ""
+        return GangNodes(alive + more + declared, source), SP_ROWS + said
+    if declared:
+        said = (
+            f"gang size checked against the config's `cluster` ({len(declared)} nodes); --address checks a running one"
+        )
+        return GangNodes(declared, "nodes of the config's `cluster`"), SP_ROWS + said
+    return (
+        None,
+        SP_ROWS
+        + "gang size not checked: no cluster given; pass --address (or describe it as `cluster:` in the config)",
+    )
+
+
+SP_ROWS = "sequence-parallel rows: "
+
+
 def _fmt(x: float) -> str:
     return f"{x:g}"
 
 
-def check_gang_fits(sp_degree: int, kind_config: KindConfig, nodes: list[dict[str, float]]) -> None:
-    """A gang larger than any node (STRICT_PACK) or than the cluster is refused, with numbers."""
+def _num(resource: str, x: float) -> str:
+    return _fmt(round(x / 2**30, 2)) if resource == "memory" else _fmt(x)  # Ray counts memory in bytes
+
+
+def resource_amount(resource: str, x: float) -> str:
+    """E.g. "2 GPU", "80 GiB memory", "1 raypipe_cogvideox"."""
+    return f"{_num(resource, x)} GiB memory" if resource == "memory" else f"{_fmt(x)} {resource}"
+
+
+def _listed(resource: str, have: list[float], limit: int = 8) -> str:
+    """Each node's amount, largest first (Ray lists nodes in no set order); past `limit` nodes, how
+    many nodes have each amount ("6 x 4, 40 x 1")."""
+    if len(have) <= limit:
+        return ", ".join(_num(resource, h) for h in sorted(have, reverse=True)) or "none"
+    return ", ".join(f"{n} x {_num(resource, h)}" for h, n in sorted(Counter(have).items(), reverse=True))
+
+
+def check_gang_fits(
+    sp_degree: int, kind_config: KindConfig, nodes: list[dict[str, float]], source: str = "alive nodes"
+) -> None:
+    """A gang larger than any node (STRICT_PACK) or than the cluster is refused, with numbers.
+    source: what `nodes` are, for the message."""
     ranks = gang_ranks(sp_degree, kind_config)
     bundle = rank_resources(kind_config)
     strategy = kind_config.sp.placement_strategy
     cfg = " (x2 for CFG parallel)" if kind_config.sp.cfg_parallel else ""
+    gang = f"a gang of {ranks} ranks{cfg}"
     for resource, per_rank in bundle.items():
         need = per_rank * ranks
         have = [node.get(resource, 0.0) for node in nodes]
         if strategy == "STRICT_PACK":
             if not have or max(have) + 1e-9 < need:
-                listed = ", ".join(_fmt(h) for h in have) or "none"
+                each, largest = resource_amount(resource, per_rank), resource_amount(resource, max(have, default=0))
                 raise ValueError(
-                    f"sp_degree: a gang of {ranks} ranks{cfg} x {_fmt(per_rank)} {resource} needs {_fmt(need)} "
-                    f"{resource} on one node (placement STRICT_PACK), but the largest node has "
-                    f"{_fmt(max(have, default=0))} {resource} (alive nodes: {listed})"
+                    f"sp_degree: {gang} x {each} needs {resource_amount(resource, need)} "
+                    f"on one node (placement STRICT_PACK), but the largest node has {largest} "
+                    f"({source}: {_listed(resource, have)})"
                 )
         elif sum(have) + 1e-9 < need:
             raise ValueError(
-                f"sp_degree: a gang of {ranks} ranks{cfg} x {_fmt(per_rank)} {resource} needs {_fmt(need)} "
-                f"{resource}, but the cluster has {_fmt(sum(have))} {resource}"
+                f"sp_degree: {gang} x {resource_amount(resource, per_rank)} needs {resource_amount(resource, need)}, "
+                f"but the cluster has {resource_amount(resource, sum(have))} ({source})"
             )
         if strategy == "STRICT_SPREAD" and sum(1 for h in have if h + 1e-9 >= per_rank) < ranks:
             raise ValueError(
                 f"sp_degree: a gang of {ranks} ranks on distinct nodes (STRICT_SPREAD) needs {ranks} "
-                f"nodes with {_fmt(per_rank)} {resource}, the cluster has {len(have)} nodes"
+                f"nodes with {resource_amount(resource, per_rank)}, the cluster has {len(have)} nodes ({source})"
             )
+    whole = {resource: per_rank * ranks for resource, per_rank in bundle.items()}
+    if strategy == "STRICT_PACK" and not any(
+        all(node.get(resource, 0.0) + 1e-9 >= need for resource, need in whole.items()) for node in nodes
+    ):  # each resource fits some node, but none holds all of them (GPUs here, the kind's resource there)
+        needs = ", ".join(resource_amount(resource, need) for resource, need in whole.items())
+        raise ValueError(
+            f"sp_degree: {gang} needs {needs} on one node (placement STRICT_PACK), but no node has all of it "
+            f"(among {len(nodes)} {source})"
+        )
 
 
 def check_sequence_parallel(
-    row: Any, kind_config: KindConfig, nodes: list[dict[str, float]] | None = None, check_nodes: bool = True
+    row: Any,
+    kind_config: KindConfig,
+    nodes: list[dict[str, float]] | None = None,
+    check_nodes: bool = True,
+    source: str = "alive nodes",
 ) -> None:
     """Raise ValueError("field: problem") if `row` cannot run sequence-parallel as configured.
 
-    nodes: the alive nodes' resources; read from Ray when None (skipped without Ray)."""
+    nodes: the nodes' resources (a pass reads them once: gang_nodes); read from the Ray running
+    here when None (skipped without Ray). check_nodes=False: no gang-fits check. source: what the
+    nodes are, for the message."""
     sp_degree = int(getattr(row, "sp_degree", 1) or 1)
     if sp_degree <= 1:
         return
@@ -154,14 +257,7 @@ def check_sequence_parallel(
         shape = transformer_shape(model)
         if shape.heads is not None and shape.heads % sp_degree:
             raise ValueError(f"sp_degree: must divide the {shape.heads} attention heads of {model}, got {sp_degree}")
-        if row.height is not None:
-            rows = row.height // (shape.vae_scale * shape.patch_size)
-            if row.height % (shape.vae_scale * shape.patch_size) == 0 and rows % sp_degree:
-                raise ValueError(
-                    f"sp_degree: must divide the latent rows (height {row.height} / {shape.vae_scale} (VAE) / "
-                    f"{shape.patch_size} (patch) = {rows} rows of tokens), got {sp_degree}"
-                )
     if check_nodes:
         nodes = alive_node_resources() if nodes is None else nodes
         if nodes is not None:
-            check_gang_fits(sp_degree, kind_config, nodes)
+            check_gang_fits(sp_degree, kind_config, nodes, source)

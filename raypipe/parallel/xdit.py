@@ -1,37 +1,39 @@
 """The xDiT (xfuser) backend: USP attention (Ulysses x ring) and CFG parallel on GPU ranks.
 
-Imported only on CUDA ranks, and only when the optional `gpu` extra (xfuser) is installed;
-otherwise raypipe's own Ulysses path runs (raypipe/parallel/ulysses.py). The model wiring is
-the same as the Ulysses path (video rows sharded, text replicated, see ulysses.py); only the
-process groups and the attention kernel come from xDiT: xFuserLongContextAttention with the
-text tokens as a replicated "joint" tensor in front (joint_strategy="front"), which is how
-xDiT keeps text intact under sequence parallelism.
+Chosen by context.join when sp.backend is "xdit", or "auto" where xfuser is installed; any
+failure to import or initialise xfuser falls back to raypipe's own Ulysses (ulysses.py) under
+"auto" and fails the row under "xdit", saying why. The model wiring is the same as the Ulysses
+path (video tokens sharded, text replicated: see hooks.py and the families' parallel.py); only
+the process groups and the attention kernel come from xDiT: xFuserLongContextAttention with the
+text tokens as a replicated "joint" tensor in front (joint_strategy="front"), which is how xDiT
+keeps text intact under sequence parallelism. A call whose video tokens were padded to a multiple
+of the degree runs raypipe's Ulysses attention over xDiT's group instead, as xDiT's attention
+cannot leave the padded keys out.
 
 Untested in this repository's CI (no GPU there); written against xfuser 0.7.0.
 """
 
 from __future__ import annotations
 
-import torch
-
-from raypipe.parallel.ulysses import SPContext
+from raypipe.parallel.context import SPContext, error_line
 
 
-def available() -> bool:
-    """xfuser importable and a GPU present (its attention kernels are CUDA-only)."""
-    if not torch.cuda.is_available():
-        return False
+def unusable(on_cuda: bool) -> str | None:
+    """Why xDiT cannot run in this process, or None when it can: xfuser's parts must import (any
+    error counts: xfuser raises more than ImportError without a GPU) and the rank must be on CUDA."""
     try:
-        import xfuser  # noqa: F401
-    except ImportError:
-        return False
-    return True
+        from xfuser.core.distributed import init_distributed_environment  # noqa: F401
+        from xfuser.core.long_ctx_attention import xFuserLongContextAttention  # noqa: F401
+    except Exception as err:  # noqa: BLE001 - the reason goes into the row's sp_backend
+        return f"xfuser failed to import: {error_line(err)}"
+    if not on_cuda:
+        return "xfuser needs CUDA ranks (device is not cuda)"
+    return None
 
 
-def init(
-    rank: int, world_size: int, init_method: str, sp_degree: int, ring_degree: int, cfg_degree: int, timeout
-) -> SPContext:
-    """Initialise xDiT's distributed state (NCCL) for this rank and return its context.
+def init(rank: int, world_size: int, init_method: str, sp_degree: int, ring_degree: int, cfg_degree: int) -> SPContext:
+    """Initialise xDiT's distributed state for this rank (torch's process group is already up:
+    context.join) and return its context.
 
     Rank order follows xDiT's "tp-sp-pp-cfg-dp": the sp ranks of one CFG branch are consecutive,
     the same grid as the Ulysses backend (rank = cfg_rank * sp_degree + sp_rank)."""
@@ -46,12 +48,6 @@ def init(
         initialize_model_parallel,
     )
 
-    if not torch.distributed.is_initialized():
-        # our own init first, for its timeout (xDiT's leaves torch's default)
-        torch.cuda.set_device(0)  # Ray gives each rank one GPU: it is cuda:0 in the rank's process
-        torch.distributed.init_process_group(
-            "nccl", init_method=init_method, rank=rank, world_size=world_size, timeout=timeout
-        )
     init_distributed_environment(
         world_size=world_size, rank=rank, distributed_init_method=init_method, local_rank=0, backend="nccl"
     )
@@ -65,18 +61,21 @@ def init(
         sp_rank=get_sequence_parallel_rank(),
         sp_size=get_sequence_parallel_world_size(),
         sp_group=get_sp_group().device_group,
+        rank=rank,
         cfg_rank=get_classifier_free_guidance_rank(),
         cfg_size=get_classifier_free_guidance_world_size(),
         cfg_group=get_cfg_group().device_group,
         backend=f"xdit (ulysses {sp_degree // ring_degree} x ring {ring_degree})",
     )
-    ctx.attention = _usp_attention()
+    ctx.attention = _usp_attention(ctx)
     return ctx
 
 
-def _usp_attention():
+def _usp_attention(ctx: SPContext):
     from xfuser.core.long_ctx_attention import xFuserLongContextAttention
     from yunchang.kernels import AttnType
+
+    from raypipe.parallel.ulysses import ulysses_attention
 
     try:
         import flash_attn  # noqa: F401
@@ -85,8 +84,13 @@ def _usp_attention():
     except ImportError:
         attn_type = AttnType.TORCH_EFFICIENT
     usp = xFuserLongContextAttention(attn_type=attn_type)
+    padded_fallback = ulysses_attention(ctx)
 
     def attention(tq, tk, tv, vq, vk, vv):
+        if ctx.layout is not None and ctx.layout.padded != ctx.layout.total:
+            return padded_fallback(tq, tk, tv, vq, vk, vv)
+        if tq is None:  # no text in this attention (Wan's self-attention)
+            return None, usp(None, vq.contiguous(), vk.contiguous(), vv.contiguous(), joint_strategy="none")
         text_len = tq.shape[1]
         out = usp(
             None,

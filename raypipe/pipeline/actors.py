@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import socket
+import sys
 from typing import Any
 
 import numpy as np
@@ -64,10 +65,17 @@ def row_attempts_actor():
 
 
 class StageActor:
-    """A Ray Data actor of one kind's pool: the stage is set up once, in __init__."""
+    """A Ray Data actor of one kind's pool: the stage is set up once, in __init__. In a pool of
+    gangs ("<kind>/sp<N>", load_model=False) it loads no model: its rows run on its gang."""
 
     def __init__(
-        self, kind: str, stage_path: str, kind_config: dict[str, Any], attempts=None, max_row_attempts: int = 3
+        self,
+        kind: str,
+        stage_path: str,
+        kind_config: dict[str, Any],
+        attempts=None,
+        max_row_attempts: int = 3,
+        load_model: bool = True,
     ):
         from raypipe.families import stage_class
 
@@ -76,10 +84,11 @@ class StageActor:
         self.attempts = attempts
         self.max_row_attempts = max_row_attempts
         self.worker = f"{socket.gethostname()}:{os.getpid()}"
-        self.meter = StageMeter(kind)  # Ray metrics of this actor (raypipe/metrics.py)
+        self.meter = StageMeter(kind, self.worker)  # its Ray metrics and utilisation (raypipe/metrics.py)
         self.stage = stage_class(stage_path)(KindConfig.model_validate(kind_config))
         try:
-            self.stage.setup()
+            if load_model:
+                self.stage.setup()
         except Exception as err:  # noqa: BLE001 - every row of this actor fails with the reason
             self.setup_error = f"loading the {kind} model failed: {type(err).__name__}: {err}"
         self.meter.loaded()
@@ -118,6 +127,14 @@ class StageActor:
             return results
         # A retry after a worker died holding these rows: one row at a time, so that a row that
         # kills its worker is found, and fails alone once it has done so max_row_attempts times.
+        # Said on stderr, which Ray forwards to the driver (Ray itself says nothing of it).
+        died = ", ".join(f"{row.id} ({count}x, last {worker})" for row, (count, worker) in zip(rows, deaths) if count)
+        print(
+            f"raypipe: a {self.kind} worker died generating {died}; this batch runs again one row at a time, "
+            f"and a row whose worker died {self.max_row_attempts} times fails",
+            file=sys.stderr,
+            flush=True,
+        )
         results = []
         for row, inp, (count, last_worker) in zip(rows, inputs, deaths):
             if count >= self.max_row_attempts:

@@ -6,6 +6,7 @@ What it shows, from the run's metadata (raypipe.sink.read_metadata) and its vide
   - a gallery of every `ok` video: a poster thumbnail made now (a decoded frame, a small JPEG
     embedded as a data URI), playing on hover, larger on click, with id, kind, prompt and settings;
   - a table of every failed or rejected row with its error;
+  - the quality scores (quality.js): a histogram and a range filter per score, the scores on each card;
   - a filter by kind and status and a text search, kept in the page's #hash so a filtered view
     can be linked (e.g. report.html#status=failed&q=beach).
 
@@ -49,10 +50,13 @@ from typing import Any
 
 import fsspec
 
+from raypipe.metadata import QUALITY_COLUMNS
 from raypipe.report import page
 from raypipe.report.summary import summarize, summary_html
+from raypipe.report.timeline import timeline_data
 from raypipe.schema import STATUSES
 from raypipe.sink import read_metadata, video_uri
+from raypipe.usage import read_run_summaries
 from raypipe.video import commit_file, is_local, join_uri, read_video
 
 THUMB_MAX_SIDE = 160  # px: the longest side of an embedded poster (a few KB each as JPEG)
@@ -172,14 +176,19 @@ def _card_record(row: dict[str, Any], href: str, playable: bool, poster: str, po
         "video_uri": row["video_uri"] or "",
         "poster": poster,
         "poster_error": poster_error,
+        # the quality scores (raypipe/quality.py), under their column names: quality.js
+        **{name: None if row.get(name) is None else round(float(row[name]), 4) for name in QUALITY_COLUMNS},
     }
 
 
 # ---- the page -----------------------------------------------------------------------------
 
 
-def render_html(out: str, records: list[dict[str, Any]], summary: dict[str, Any]) -> str:
-    """The page (templates/report.html, its CSS and script inlined) for these rows."""
+def render_html(
+    out: str, records: list[dict[str, Any]], summary: dict[str, Any], timeline: dict[str, Any] | None = None
+) -> str:
+    """The page (templates/report.html, its CSS and script inlined) for these rows.
+    timeline: the pool actors over time (raypipe/report/timeline.py); none drawn without it."""
     from raypipe import __version__
 
     e = html_lib.escape
@@ -196,6 +205,7 @@ def render_html(out: str, records: list[dict[str, Any]], summary: dict[str, Any]
             "STATUS_OPTIONS": "".join(f'<option value="{s}">{s}</option>' for s in STATUSES),
             "CONFIG": page.json_for_script(config),
             "ROWS": page.json_for_script(records),
+            "TIMELINE": page.json_for_script(timeline or {"runs": []}),
         }
     )
 
@@ -224,7 +234,8 @@ def make_report(out: str, html: str | None = None, workers: int = THUMB_WORKERS)
         poster, poster_error = posters.get(row["id"], ("", ""))
         records.append(_card_record(row, href, playable, poster, poster_error))
     summary = summarize(rows)
-    _write_text(render_html(out, records, summary), html)
+    timeline = timeline_data(rows, read_run_summaries(out))
+    _write_text(render_html(out, records, summary, timeline), html)
     return ReportResult(
         uri=html,
         rows=len(rows),

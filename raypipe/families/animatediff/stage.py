@@ -14,7 +14,9 @@ OpenCV in `load_inputs` (CPU), depth maps on the actor's device in `generate`.
 
 LoRAs (`lora` and `motion_lora`) are loaded into the shared pipeline once per path, as named peft
 adapters, and each row switches to its own set and weights with `set_adapters` (`disable_lora`
-for a row without LoRAs). A LoRA at weight 0 leaves the output exactly as without it.
+for a row without LoRAs). Motion LoRAs load in diffusers' format or in the `.ckpt` layout guoyww
+released them in (raypipe/families/animatediff/motion_lora.py). A LoRA at weight 0 leaves the output
+exactly as without it.
 
 FreeNoise (`free_noise`) makes clips longer than the motion adapter's window, with prompt travel
 (`prompt: {"0": ..., "32": ...}`). The motion modules' transformer blocks are turned into
@@ -36,6 +38,7 @@ from typing import Any
 
 import numpy as np
 
+from raypipe.families.animatediff.motion_lora import animatediff_loras
 from raypipe.families.animatediff.schema import AnimateDiffRow
 from raypipe.families.inputs import input_video
 from raypipe.families.lora import LoraAdapters
@@ -91,7 +94,7 @@ class LoadedAnimateDiff:
 
     def __post_init__(self):
         if self.loras is None:  # its modules are every mode's modules: LoRAs load into the base
-            self.loras = LoraAdapters(self.base, what="the AnimateDiff UNet or text encoder")
+            self.loras = animatediff_loras(self.base)
 
     @property
     def adapters(self) -> dict[str, str]:

@@ -19,7 +19,6 @@ from typing import Any
 
 import numpy as np
 
-from raypipe import parallel
 from raypipe.families.cogvideox.lora import cogvideox_loras
 from raypipe.families.cogvideox.schema import CogVideoXRow
 from raypipe.families.inputs import input_image, input_video
@@ -76,11 +75,6 @@ class CogVideoXStage(Stage):
         return {}
 
     def generate(self, rows: list[CogVideoXRow], inputs: list[dict[str, Any]]) -> list[Generated]:
-        # -- sequence parallel (raypipe/parallel): rows with sp_degree > 1 run on a gang of rank actors,
-        #    which call this same method on their shard of the video tokens.
-        if parallel.wants_gang(self, rows):
-            return parallel.generate_on_gangs(self, rows, inputs)
-        # --
         import torch
         from PIL import Image
 
@@ -110,10 +104,12 @@ class CogVideoXStage(Stage):
             num_inference_steps=first.num_inference_steps,
             guidance_scale=first.guidance_scale,
             generator=generators,
-            output_type="np",
+            output_type=self.output_type,  # "latent" on the ranks of a gang that only help denoise
             max_sequence_length=pipe.transformer.config.max_text_seq_length,
             **args,
         )
+        if self.output_type == "latent":
+            return self.not_decoded(rows)
         params: dict[str, Any] = {"pipeline": type(pipe).__name__}
         if first.mode == "v2v":
             params["strength"] = first.strength

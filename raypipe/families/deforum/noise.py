@@ -1,7 +1,11 @@
 """Deforum's frame noising: before img2img repairs a warped frame, a little noise is blended
 in (noise_schedule), so that detail keeps being re-invented instead of smearing. `uniform`
 is white Gaussian noise; `perlin` modulates it with fractal Perlin noise. Seeded by the
-frame's seed, so a row renders the same on every run."""
+frame's seed, so a row renders the same on every run. A noise mask (masks.py) keeps the noise
+to its white part; elsewhere the frame is blended with mid-grey (Deforum's zero noise).
+
+Also Deforum's anti-blur (amount_schedule > 0): an unsharp mask of the warped frame before
+the noise, against the blur that repeated warping brings."""
 
 from __future__ import annotations
 
@@ -57,8 +61,10 @@ def add_noise(
     perlin_res: tuple[float, float] = (8, 8),
     octaves: int = 4,
     persistence: float = 0.5,
+    mask: np.ndarray | None = None,
 ) -> np.ndarray:
-    """uint8 RGB image blended with noise: (1 - amount) * image + amount * noise image."""
+    """uint8 RGB image blended with noise: (1 - amount) * image + amount * noise image.
+    mask: [H, W] in 0..1, rounded to 0 / 1 as Deforum's condition_noise_mask: noise only where 1."""
     import cv2
     import torch
     import torch.nn.functional as F
@@ -78,5 +84,23 @@ def add_noise(
         noise = F.interpolate(noise.unsqueeze(0), size=(height, width)).squeeze(0)
     else:
         noise = torch.randn((3, height, width), generator=generator)
+    if mask is not None:
+        noise = noise * torch.from_numpy(np.round(np.asarray(mask, dtype=np.float32)))[None]
     noise_image = ((noise.permute(1, 2, 0).numpy() * 0.5 + 0.5).clip(0, 1) * 255).astype(np.uint8)
     return cv2.addWeighted(image, 1.0 - amount, noise_image, amount, 0)
+
+
+def unsharp_mask(image: np.ndarray, kernel: int, sigma: float, amount: float, threshold: float) -> np.ndarray:
+    """Deforum's anti-blur: image + amount * (image - Gaussian blur of it), clipped and rounded;
+    with threshold > 0 the pixels whose difference to the blur is below it stay as they were
+    (the difference taken on uint8, wrapping below 0, as Deforum takes it)."""
+    import cv2
+
+    if amount == 0:
+        return image
+    blurred = cv2.GaussianBlur(image, (kernel, kernel), sigma)
+    sharpened = np.clip(float(amount + 1) * image - float(amount) * blurred, 0, 255).round().astype(np.uint8)
+    if threshold > 0:
+        keep = np.absolute(image - blurred) < threshold  # uint8 - uint8 wraps, as in Deforum
+        np.copyto(sharpened, image, where=keep)
+    return sharpened

@@ -32,6 +32,7 @@ rejected with a ScheduleError naming the schedule.
 from __future__ import annotations
 
 import ast
+import functools
 import math
 from dataclasses import dataclass
 
@@ -225,6 +226,19 @@ def _plain_number(expr: str) -> float | None:
 
 def parse(text: str, name: str = "schedule") -> Schedule:
     """Parse and check a schedule (no evaluation). ScheduleError names the schedule."""
+    try:
+        return _parse_cached(text, name)
+    except TypeError:  # not hashable: not a schedule either
+        return _parse(text, name)
+
+
+@functools.lru_cache(maxsize=4096)
+def _parse_cached(text, name: str) -> Schedule:
+    # Rows of one settings file share their schedules' texts: each is parsed once per process.
+    return _parse(text, name)
+
+
+def _parse(text, name: str) -> Schedule:
     if not isinstance(text, str):
         if isinstance(text, (int, float)) and not isinstance(text, bool):
             text = f"0:({text})"  # a bare number in a settings object: a constant schedule
@@ -270,7 +284,8 @@ def numexpr_values(expr: str, name: str, what: str, t, max_f: int, seed: int) ->
 def key_frame(key: str, frames: int, seed: int, name: str, checked: str | None = None) -> int:
     """The frame of a key ("30", "max_f/2", '"max_f-1"'), truncated toward zero as Deforum's int()."""
     expr = checked or check_expression(_unquote(key), KEY_NAMES, name, what="key")
-    value = float(numexpr_values(expr, name, f"key {key!r}", 0.0, frames - 1, seed))
+    number = _plain_number(expr)  # "30": no numexpr needed
+    value = number if number is not None else float(numexpr_values(expr, name, f"key {key!r}", 0.0, frames - 1, seed))
     if not math.isfinite(value) or abs(value) > 1e9:
         raise ScheduleError(f"{name}: key {key!r} is not a usable frame number ({value})")
     return int(value)
@@ -359,3 +374,48 @@ def plot(values, path: str, title: str = "") -> None:
     for point in points if len(values) <= 60 else []:
         draw.ellipse([point[0] - 2, point[1] - 2, point[0] + 2, point[1] + 2], fill=(31, 119, 180))
     image.save(path)
+
+
+# ---- text schedules ----------------------------------------------------------------------------
+# mask_schedule, noise_mask_schedule and checkpoint_schedule hold text per keyframe:
+#     0: ("{video_mask}"), 30: ("{video_mask} & [s3://b/m2.png]")
+# As Deforum's (FrameInterpolater with is_single_string): each keyframe's text holds until the
+# next one; quotes and parentheses are removed from the text. raypipe splits a keyframe at its
+# first ':' only and at commas outside quotes, so a value may hold a URI (Deforum splits at every
+# ':' and ','); the first text holds back to frame 0 (Deforum leaves those frames empty).
+
+
+def _strip_text(value: str) -> str:
+    return value.replace("'", "").replace('"', "").replace("(", "").replace(")", "").strip()
+
+
+def parse_text(text: str, name: str = "schedule") -> tuple[tuple[str, str, str], ...]:
+    """(key as written, checked key expression, text) of each keyframe; ScheduleError names the schedule."""
+    if not isinstance(text, str):
+        raise ScheduleError(f'{name}: must be a schedule string like \'0: ("a"), 30: ("b")\', got {text!r}')
+    keyframes = []
+    for item in _split_top_level(text, ",", name):
+        if not item.strip():
+            continue
+        key, sep, value = item.partition(":")
+        key = _unquote(key)
+        if not sep or not key:
+            raise ScheduleError(f'{name}: {item.strip()!r} is not a keyframe (expected frame: ("text"))')
+        keyframes.append((key, check_expression(key, KEY_NAMES, name, what="key"), _strip_text(value)))
+    if not keyframes:
+        raise ScheduleError(f'{name}: empty schedule (expected frame: ("text"), ...)')
+    return tuple(keyframes)
+
+
+def evaluate_text(text: str, frames: int, seed: int = 0, name: str = "schedule") -> list[str]:
+    """The text in effect at each of `frames` frames."""
+    by_frame = {key_frame(key, frames, seed, name, expr): value for key, expr, value in parse_text(text, name)}
+    keys = sorted(by_frame.items())
+    out, current = [], keys[0][1]
+    index = 0
+    for frame in range(frames):
+        while index < len(keys) and keys[index][0] <= frame:
+            current = keys[index][1]
+            index += 1
+        out.append(current)
+    return out

@@ -19,7 +19,7 @@ class DeforumRow(RowBase):
     kind: Literal["deforum"]
     deforum: dict[str, Any] = Field(default_factory=dict)
     deforum_settings: str | None = None
-    # Video Input: the input video (any fsspec URI); else the settings' video_init_path.
+    # Video Input and hybrid video: the input video (any fsspec URI); else the settings' video_init_path.
     video: str | None = None
     _settings: Any = PrivateAttr(default=None)
 

@@ -8,7 +8,8 @@ from raypipe.flops import UNET_FLOPS, cfg_passes, dit_forward_flops
 
 def exvideo_flops(row, kc) -> float | None:
     if row.base == "svd":  # SVD always guides (its guidance ramps from min to max over the frames)
-        return row.num_inference_steps * 2 * UNET_FLOPS["svd"].forward(row.num_frames, row.height, row.width)
+        unet = UNET_FLOPS["exvideo_svd"]  # SVD's UNet with the extension's 3D convolutions
+        return row.num_inference_steps * 2 * unet.forward(row.num_frames, row.height, row.width)
     shape = dit_shape(row.model or kc.model)
     if shape is None:
         return None

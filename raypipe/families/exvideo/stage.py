@@ -18,24 +18,40 @@ from typing import Any
 
 import numpy as np
 
-from raypipe import parallel
 from raypipe.families.cogvideox.lora import cogvideox_loras
 from raypipe.families.exvideo.schema import ExVideoRow
 from raypipe.families.inputs import input_image
 from raypipe.families.options import COMMON_OPTIONS, apply_options, check_options, skipped_options
 from raypipe.stage import Generated, Stage, to_uint8
 
-OPTIONS = (*COMMON_OPTIONS, "decode_chunk_size")
+# post_normalize, contrast_enhance_scale: DiffSynth's post-processing of ExVideo-SVD's final latents
+# (raypipe/families/exvideo/svd_extension.py post_process_latents; default on, scale 1.2 as DiffSynth).
+OPTIONS = (*COMMON_OPTIONS, "decode_chunk_size", "post_normalize", "contrast_enhance_scale")
 # What an svd row gets when it leaves these out (SVD's own defaults).
 SVD_DEFAULTS = {"motion_bucket_id": 127, "noise_aug_strength": 0.02, "min_guidance_scale": 1.0}
 
 
 class ExVideoStage(Stage):
     kind = "exvideo"
+    # sp_degree rows (base cogvideox) run CogVideoX's transformer: its wiring
+    sequence_parallel_wiring = "raypipe.families.cogvideox.parallel:parallelize"
 
     def setup(self) -> None:
         check_options(self.config.options, OPTIONS)
+        self.svd_post_process()  # bad values fail the pool at once
         super().setup()
+
+    def svd_post_process(self) -> dict[str, Any]:
+        """DiffSynth's post-processing of base svd latents, from the options (its defaults)."""
+        from raypipe.families.exvideo.svd_extension import CONTRAST_ENHANCE_SCALE
+
+        normalize = self.config.options.get("post_normalize", True)
+        scale = self.config.options.get("contrast_enhance_scale", CONTRAST_ENHANCE_SCALE)
+        if not isinstance(normalize, bool):
+            raise ValueError(f"options.post_normalize: must be true or false, got {normalize!r}")
+        if isinstance(scale, bool) or not isinstance(scale, int | float) or scale <= 0:
+            raise ValueError(f"options.contrast_enhance_scale: a positive number, got {scale!r}")
+        return {"post_normalize": normalize, "contrast_enhance_scale": float(scale)}
 
     def role(self, name: str) -> str:
         """A model of the config's `models` by role (lora, svd, svd_extension)."""
@@ -88,11 +104,6 @@ class ExVideoStage(Stage):
         return {"image": np.asarray(input_image("image", row.image, (row.height, row.width)))}
 
     def generate(self, rows: list[ExVideoRow], inputs: list[dict[str, Any]]) -> list[Generated]:
-        # -- sequence parallel (raypipe/parallel): base cogvideox rows with sp_degree > 1 run on a
-        #    gang of rank actors, which call this same method on their shard of the video tokens.
-        if parallel.wants_gang(self, rows):
-            return parallel.generate_on_gangs(self, rows, inputs)
-        # --
         import torch
 
         first = rows[0]
@@ -116,9 +127,11 @@ class ExVideoStage(Stage):
                 num_inference_steps=first.num_inference_steps,
                 guidance_scale=first.guidance_scale,
                 generator=generators,
-                output_type="np",
+                output_type=self.output_type,  # "latent" on the ranks of a gang that only help denoise
                 max_sequence_length=pipe.transformer.config.max_text_seq_length,
             )
+            if self.output_type == "latent":
+                return self.not_decoded(rows)
         else:
             from PIL import Image
 
@@ -126,7 +139,10 @@ class ExVideoStage(Stage):
                 name: getattr(first, name) if getattr(first, name) is not None else default
                 for name, default in SVD_DEFAULTS.items()
             }
-            params.update(exvideo_svd=self.role("svd_extension"), **svd)
+            from raypipe.families.exvideo.svd_extension import post_process_callback
+
+            post = self.svd_post_process()
+            params.update(exvideo_svd=self.role("svd_extension"), **svd, **post)
             out = pipe(
                 image=[Image.fromarray(inp["image"]) for inp in inputs],
                 num_frames=first.num_frames,
@@ -138,6 +154,7 @@ class ExVideoStage(Stage):
                 decode_chunk_size=self.config.options.get("decode_chunk_size"),
                 generator=generators,
                 output_type="np",
+                callback_on_step_end=post_process_callback(**post),
                 **svd,
             )
         skipped = skipped_options(pipe, self.config.options, self.device)

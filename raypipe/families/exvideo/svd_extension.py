@@ -16,6 +16,14 @@ fine-tuned weights of the 16 temporal transformer blocks together with both addi
 the way DiffSynth-Studio's SVD UNet names them: one flat list `blocks.<n>.`, where <n> counts
 every layer of that UNet (resnets, pushes, pops, mixers, ...). `RELEASED_BLOCKS` says which
 diffusers module each of the 16 <n> is, `RELEASED_SUFFIXES` how the names inside a block map.
+DiffSynth recognises the file by the md5 of its names and shapes (`diffsynth_keys_md5`,
+`EXVIDEO_SVD_MD5`): the extension of SVD-XT's UNet, mapped to the released names, has exactly that
+md5 (tests/test_real_configs.py, on the meta device).
+
+DiffSynth's SVD pipeline also post-processes the final latents before decoding them
+(`post_process_latents`: each frame normalised to the video's mean and std, then scaled by
+`contrast_enhance_scale`, 1.2 in its ExVideo example and by default); the exvideo stage does the same
+(options `post_normalize`, `contrast_enhance_scale`).
 """
 
 from __future__ import annotations
@@ -30,6 +38,11 @@ from torch import nn
 
 # The frame count ExVideo-SVD-128f-v1 was trained for (its position table has this many rows).
 EXVIDEO_SVD_FRAMES = 128
+# DiffSynth-Studio's fingerprint of ExVideo-SVD-128f-v1's model.fp16.safetensors (its
+# patch_model_loader_configs, diffsynth/configs/model_config.py before the 2.0 rewrite).
+EXVIDEO_SVD_MD5 = "9a4ab6869ac9b7d6e31f9854e397c867"
+# DiffSynth's SVD pipeline defaults (diffsynth/pipelines/svd_video.py), used by its ExVideo example.
+CONTRAST_ENHANCE_SCALE = 1.2
 
 # DiffSynth-Studio's block index of each temporal transformer -> its module in diffusers'
 # UNetSpatioTemporalConditionModel (SVD / SVD-XT layout: 3 cross-attention down blocks of 2
@@ -109,7 +122,7 @@ class FramePositionEmbedding(nn.Module):
         return self.embeddings.shape[0]
 
     def forward(self, frame_ids: torch.Tensor) -> torch.Tensor:
-        if int(frame_ids.max()) >= self.max_frames:
+        if not frame_ids.is_meta and int(frame_ids.max()) >= self.max_frames:  # (meta: FLOP counts)
             raise ValueError(
                 f"num_frames: ExVideo-SVD has position embeddings for {self.max_frames} frames, "
                 f"asked for {int(frame_ids.max()) + 1}"
@@ -247,17 +260,35 @@ def extend_unet(unet, max_frames: int = EXVIDEO_SVD_FRAMES):
     return unet
 
 
+def diffsynth_keys_md5(state_dict: dict) -> str:
+    """The md5 by which DiffSynth-Studio recognises a checkpoint (its hash_state_dict_keys with shapes):
+    for every tensor, the entries `<name>:<d0>_<d1>_...` and `<name>`, sorted, joined by commas."""
+    import hashlib
+
+    entries = []
+    for name, value in state_dict.items():
+        entries += [f"{name}:{'_'.join(str(d) for d in value.shape)}", name]
+    return hashlib.md5(",".join(sorted(entries)).encode("utf-8")).hexdigest()
+
+
 def released_to_diffusers(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """ExVideo-SVD's released names (`blocks.<n>.<name>.<weight|bias>`) -> extended-UNet names."""
-    out = {}
+    """ExVideo-SVD's released names (`blocks.<n>.<name>.<weight|bias>`) -> extended-UNet names.
+    Every key must be one: the error names the ones that are not."""
+    out, unknown = {}, []
     for key, value in state_dict.items():
         head, _, rest = key.partition(".")
         index, _, rest = rest.partition(".")
         name, _, leaf = rest.rpartition(".")
         known = head == "blocks" and index.isdigit() and int(index) in RELEASED_BLOCKS
         if not known or name not in RELEASED_SUFFIXES:
-            raise ValueError(f"not an ExVideo-SVD key: {key!r}")
+            unknown.append(key)
+            continue
         out[f"{RELEASED_BLOCKS[int(index)]}.{RELEASED_SUFFIXES[name]}.{leaf}"] = value
+    if unknown:
+        shown = ", ".join(repr(k) for k in unknown[:5])
+        raise ValueError(
+            f"not an ExVideo-SVD key: {shown}" + (f" (and {len(unknown) - 5} more)" if len(unknown) > 5 else "")
+        )
     return out
 
 
@@ -301,3 +332,32 @@ def load_exvideo_svd(unet, checkpoint: str | dict[str, torch.Tensor]):
             )
     unet.load_state_dict(weights, strict=False)
     return unet
+
+
+# ---- DiffSynth's post-processing of the final latents ---------------------------------------------
+
+
+def post_process_latents(
+    latents: torch.Tensor, post_normalize: bool = True, contrast_enhance_scale: float = CONTRAST_ENHANCE_SCALE
+) -> torch.Tensor:
+    """DiffSynth's SVD post-processing, on diffusers' latents [B, F, C, H, W], one video at a time: each
+    frame normalised to the mean and std of its whole video (post_normalize), then all scaled by
+    contrast_enhance_scale. Linear in the latents' scale, so the same before or after the VAE's scaling."""
+    if post_normalize:
+        dims = (2, 3, 4)
+        mean = latents.mean(dim=(1, *dims), keepdim=True)
+        std = latents.std(dim=(1, *dims), keepdim=True)
+        latents = (latents - latents.mean(dim=dims, keepdim=True)) / latents.std(dim=dims, keepdim=True) * std + mean
+    return latents * contrast_enhance_scale
+
+
+def post_process_callback(post_normalize: bool, contrast_enhance_scale: float):
+    """A diffusers `callback_on_step_end` that post-processes the latents after the last step, so that
+    StableVideoDiffusionPipeline decodes the post-processed latents."""
+
+    def callback(pipe, step: int, timestep, tensors: dict) -> dict:
+        if step == pipe.num_timesteps - 1:
+            tensors["latents"] = post_process_latents(tensors["latents"], post_normalize, contrast_enhance_scale)
+        return tensors
+
+    return callback

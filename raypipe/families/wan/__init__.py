@@ -3,7 +3,7 @@
 from raypipe.config import ON_CPU
 from raypipe.families import Family, register
 from raypipe.families.wan.flops import wan_flops
-from raypipe.families.wan.schema import SEQUENCE_PARALLEL, WanRow
+from raypipe.families.wan.schema import WanRow
 from raypipe.families.wan.tiny import build_wan, build_wan_i2v
 
 
@@ -16,6 +16,13 @@ def row_model(row, kc) -> str:
             raise ValueError("model: no image-to-video model in the run config (kinds.wan.models.i2v)")
         return kc.models["i2v"]
     return kc.model
+
+
+def check(row, kc) -> None:
+    """Against the kind's config: Wan runs the two CFG branches as two transformer calls, so the
+    gang cannot split them (raypipe/families/wan/parallel.py refuses it on the ranks too)."""
+    if row.sp_degree > 1 and kc.sp.cfg_parallel:
+        raise ValueError("sp_degree: CFG parallel (sp.cfg_parallel) does not apply to kind wan; turn it off")
 
 
 FAMILY = register(
@@ -35,11 +42,14 @@ FAMILY = register(
                 "guidance_scale": 5.0,
                 "fps": 16,
             },
+            # sp_degree rows: small CPU shares per rank, so a 2-rank gang fits a 2-core laptop (as cogvideox)
+            "sp": {"rank_num_cpus": 0.25},
         },
         tiny={"wan": build_wan, "wan-i2v": build_wan_i2v},
         flops=wan_flops,
         row_model=row_model,
-        # raypipe/families/wan/parallel.py (to come) wires Wan's attention and turns this on.
-        sequence_parallel=SEQUENCE_PARALLEL,
+        # raypipe/families/wan/parallel.py wires Wan's self-attention across a gang.
+        sequence_parallel=True,
+        check=check,
     )
 )

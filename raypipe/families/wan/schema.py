@@ -8,10 +8,6 @@ from pydantic import Field, model_validator
 
 from raypipe.schema import RowBase, check_positive, check_size_multiple, only_for, require_prompt
 
-# Sequence parallelism for Wan (sp_degree > 1) is wired in raypipe/families/wan/parallel.py, which
-# is not written yet: until it is, the family registers sequence_parallel=False and a row asks for 1.
-SEQUENCE_PARALLEL = False
-
 # Wan's VAE compresses time by 4 (frame counts 4k+1) and space by 8; the transformer's 1x2x2 patches
 # make the grid 16 px (diffusers' WanPipeline.check_inputs rejects other sizes).
 TEMPORAL_COMPRESSION = 4
@@ -70,9 +66,4 @@ class WanRow(RowBase):
             only_for(self, ("image",), "mode i2v")
         if self.mode == "t2v":
             require_prompt(self, "t2v")
-        if self.sp_degree > 1 and not SEQUENCE_PARALLEL:
-            raise ValueError(
-                f"sp_degree: sequence parallelism is not wired for kind wan yet "
-                f"(raypipe/families/wan/parallel.py); use 1, got {self.sp_degree}"
-            )
         return self

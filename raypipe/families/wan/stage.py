@@ -117,9 +117,8 @@ class WanStage(Stage):
         return {}
 
     def generate(self, rows: list[WanRow], inputs: list[dict[str, Any]]) -> list[Generated]:
-        # -- sequence parallel: raypipe/families/wan/parallel.py will hand rows with sp_degree > 1 to
-        #    a gang here (as cogvideox's stage does); until then the schema rejects them.
-        # --
+        # Rows with sp_degree > 1 reach here on each rank of a gang (raypipe/stage.py dispatches them;
+        # raypipe/families/wan/parallel.py wires the transformer).
         import torch
         from PIL import Image
 
@@ -141,10 +140,12 @@ class WanStage(Stage):
             num_inference_steps=first.num_inference_steps,
             guidance_scale=first.guidance_scale,
             generator=generators,
-            output_type="np",
+            output_type=self.output_type,  # "latent" on the ranks of a gang that only help denoise
             max_sequence_length=TEXT_TOKENS,
             **args,
         )
+        if self.output_type == "latent":
+            return self.not_decoded(rows)
         scheduler = pipe.scheduler.config
         params: dict[str, Any] = {
             "pipeline": type(pipe).__name__,

@@ -1,0 +1,243 @@
+"""Dataset scale in bounded memory (raypipe/ids.py, the manifest read, the resume index, reconcile),
+at small sizes: the resume index skips exactly the ok ids, duplicates across manifests keep their
+first occurrence (also when read in parallel by Ray tasks), and reconcile keeps one row per id
+after several resumed runs, rewriting only the parts that hold superseded rows."""
+
+import json
+import os
+import pickle
+import random
+import shutil
+from datetime import UTC, datetime, timedelta
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from raypipe import sink
+from raypipe.config import load_config
+from raypipe.ids import IdSet, duplicate_groups, hash64
+from raypipe.manifest import read_records
+from raypipe.metadata import empty_metadata
+from raypipe.sink import MetadataSink, build_done_index, metadata_dir, read_metadata, reconcile
+from tests.conftest import write_jsonl
+
+T0 = datetime(2026, 1, 1, tzinfo=UTC)
+
+
+def test_id_set_is_exact():
+    rng = random.Random(0)
+    alphabet = "abcXYZ019._-"
+    members = {"".join(rng.choice(alphabet) for _ in range(rng.randint(1, 12))) for _ in range(3000)}
+    members |= {f"row-{i:07d}" for i in range(0, 5000, 7)} | {"x" * 128, "a"}
+    queries = list(members) + ["".join(rng.choice(alphabet) for _ in range(rng.randint(1, 13))) for _ in range(3000)]
+    queries += [f"row-{i:07d}" for i in range(5000)] + ["x" * 127, "y" * 128, "row-", "row-00000000"]
+    chunks = [sorted(members)[:1000], pa.array(sorted(members)[1000:])]
+    index = IdSet.build(chunks)
+    expected = np.array([q in members for q in queries])
+    assert len(index) == len(members)
+    assert (index.contains(queries) == expected).all()
+    assert (index.contains(pa.array(queries).slice(100, 2000)) == expected[100:2100]).all()  # an offset array
+    # each id once, at no more than its own bytes: no offsets, no objects
+    assert index.nbytes <= sum(len(m) for m in members)
+    sequential = IdSet.build([[f"row-{i:07d}" for i in range(10000)]])
+    assert sequential.nbytes < 10000 * 11 * 0.7  # their shared prefix is held once
+    again = pickle.loads(pickle.dumps(index, protocol=5))  # as Ray's object store moves it
+    assert (again.contains(queries) == expected).all()
+    assert not IdSet().contains(["a"]).any() and len(IdSet()) == 0
+
+
+def test_duplicate_groups_and_hashes():
+    ids = ["a", "b", "a", "cc", "b", "a", "dd", "cc", "e"]
+    positions, groups = duplicate_groups(ids)
+    found = {}
+    for position, group in zip(positions.tolist(), groups.tolist()):
+        found.setdefault(group, []).append(position)
+    assert sorted(found.values()) == [[0, 2, 5], [1, 4], [3, 7]]  # each group in ascending order
+    h = hash64(ids)
+    assert h[0] == h[2] == h[5] and h[3] == h[7] and len(set(h.tolist())) == 5
+
+
+def write_part(out, name, metas):
+    sink._write_table(sink.metadata_table(metas), f"{metadata_dir(str(out))}/{name}")
+
+
+def meta(row_id, status, minutes=0):
+    m = empty_metadata(row_id, "cogvideox", status, "" if status == "ok" else "boom")
+    m.finished_at = T0 + timedelta(minutes=minutes)
+    return m
+
+
+def test_resume_index_holds_exactly_the_ok_ids(tmp_path):
+    out = tmp_path / "out"
+    os.makedirs(metadata_dir(str(out)))
+    write_part(out, "part-20260101T000000000000-aaaa-00000.parquet", [meta("a", "ok"), meta("b", "failed")])
+    write_part(out, "part-20260101T000000000000-aaaa-00001.parquet", [meta("c", "rejected"), meta("d", "ok")])
+    write_part(out, "part-20260102T000000000000-bbbb-00000.parquet", [meta("b", "ok"), meta("e", "failed")])
+    this_run = "20260103T000000000000-cccc"
+    write_part(out, f"part-{this_run}-00000.parquet", [meta("f", "ok"), meta("g", "failed")])
+    index = build_done_index(str(out), exclude_run=this_run)
+    ids = list("abcdefgh")
+    assert dict(zip(ids, index.contains(ids).tolist())) == {
+        "a": True,
+        "b": True,  # failed once, ok since
+        "c": False,
+        "d": True,
+        "e": False,
+        "f": False,  # this run's own rows: the index is as it was when the run started
+        "g": False,
+        "h": False,
+    }
+    sweep = build_done_index(str(out), exclude_run=this_run, any_status_of_run=True)
+    assert sweep.contains(["f", "g", "e"]).tolist() == [True, True, False]
+    manifest = write_jsonl(tmp_path / "m.jsonl", [{"id": i, "kind": "cogvideox"} for i in ids])
+    routes = {r["id"]: r["route"] for r in read_records([str(manifest)], index)}
+    assert routes == {i: "skip" if i in "abd" else "pending" for i in ids}
+
+
+MANIFEST_ROWS = {
+    "one.jsonl": ["a", "b", "a", "c"],
+    "two.csv": ["d", "b", "e", "d"],
+    "three.parquet": ["c", "f", "a"],
+}
+
+
+def write_manifests(tmp_path, rows=MANIFEST_ROWS) -> list[str]:
+    uris = []
+    for name, ids in rows.items():
+        path = tmp_path / name
+        records = [{"id": i, "kind": "cogvideox", "prompt": f"{name} {n}"} for n, i in enumerate(ids)]
+        if name.endswith(".jsonl"):
+            write_jsonl(path, records)
+        elif name.endswith(".csv"):
+            path.write_text("id,kind,prompt\n" + "".join(f"{r['id']},{r['kind']},{r['prompt']}\n" for r in records))
+        else:
+            pq.write_table(pa.Table.from_pylist(records), path)
+        uris.append(str(path))
+    return uris
+
+
+def test_duplicates_across_manifests_keep_the_first_occurrence(tmp_path):
+    records = list(read_records(write_manifests(tmp_path)))
+    got = [(r["source"], r["line"], r["id"], r["route"], r["error"]) for r in records]
+    assert got == [
+        ("one.jsonl", 1, "a", "pending", ""),
+        ("one.jsonl", 2, "b", "pending", ""),
+        ("one.jsonl", 3, "one.jsonl:3", "rejected", "id: 'a' already used at one.jsonl:1"),
+        ("one.jsonl", 4, "c", "pending", ""),
+        ("two.csv", 2, "d", "pending", ""),  # a CSV's header is line 1
+        ("two.csv", 3, "two.csv:3", "rejected", "id: 'b' already used at one.jsonl:2"),
+        ("two.csv", 4, "e", "pending", ""),
+        ("two.csv", 5, "two.csv:5", "rejected", "id: 'd' already used at two.csv:2"),
+        ("three.parquet", 1, "three.parquet:1", "rejected", "id: 'c' already used at one.jsonl:4"),
+        ("three.parquet", 2, "f", "pending", ""),
+        ("three.parquet", 3, "three.parquet:3", "rejected", "id: 'a' already used at one.jsonl:1"),
+    ]
+    # the same manifest file name in two folders: the records name them by their URIs
+    (tmp_path / "x").mkdir()
+    (tmp_path / "y").mkdir()
+    twins = [str(write_jsonl(tmp_path / d / "m.jsonl", [{"id": "same"}, "not json"])) for d in "xy"]
+    ids = [r["id"] for r in read_records(twins)]
+    assert ids == ["same", f"{twins[0]}:2", f"{twins[1]}:1", f"{twins[1]}:2"] and len(set(ids)) == 4
+    once_more = [r["id"] for r in read_records([twins[0], twins[0]])]  # one manifest given twice
+    assert once_more == ["same", f"{twins[0]}:2", f"{twins[0]}#2:1", f"{twins[0]}#2:2"]
+
+
+def test_reconcile_keeps_one_row_per_id_after_several_resumed_runs(tmp_path, monkeypatch):
+    """Five runs over the same 60 ids, each retrying what is not ok yet (and a crash's copy), with
+    parts small enough that the sink merges and reconcile compacts as at scale."""
+    monkeypatch.setattr(sink, "COMPACT_ROWS", 16)
+    monkeypatch.setattr(sink, "COMPACT_MAX_PARTS", 3)
+    out = str(tmp_path / "out")
+    rng = random.Random(1)
+    ids = [f"row-{i:03d}" for i in range(60)]
+    first_ok: dict[str, datetime] = {}
+    last: dict[str, tuple[str, datetime]] = {}
+    ok_parts: dict[str, int] = {}
+    for run in range(5):
+        todo = [i for i in ids if i not in first_ok]
+        writer = MetadataSink(out, flush_rows=3, run_id=f"2026010{run}T000000000000-run{run}", merge_rows=8)
+        for n, row_id in enumerate(todo):
+            status = "ok" if rng.random() < 0.5 or run == 4 else rng.choice(["failed", "rejected"])
+            m = meta(row_id, status, minutes=run * 100 + n)
+            writer.add(m)
+            last[row_id] = (status, m.finished_at)
+            if status == "ok":
+                first_ok[row_id] = m.finished_at
+        writer.flush()
+        if run == 2:  # a crash between a merged part and the removal of what it merged: copies
+            part = sorted(p for p in os.listdir(metadata_dir(out)) if "run2-m" in p)[0]
+            shutil.copy(
+                f"{metadata_dir(out)}/{part}", f"{metadata_dir(out)}/part-2026010{run}T000000000000-copy.parquet"
+            )
+        if run == 3:
+            # the parts of ok rows only, as merged by the sink or reconcile: superseded rows are
+            # never in them, so no later reconcile rewrites them
+            for name in os.listdir(metadata_dir(out)):
+                table = pq.read_table(f"{metadata_dir(out)}/{name}")
+                if set(table.column("status").to_pylist()) == {"ok"} and table.num_rows >= 8:
+                    ok_parts[name] = os.stat(f"{metadata_dir(out)}/{name}").st_mtime_ns
+        rows = reconcile(out)
+        table = read_metadata(out)
+        by_id = {r["id"]: r for r in table.to_pylist()}
+        assert rows == table.num_rows == len(by_id) == len(last), run  # one row per id
+        for row_id, (status, finished) in last.items():
+            expected = ("ok", first_ok[row_id]) if row_id in first_ok else (status, finished)
+            assert (by_id[row_id]["status"], by_id[row_id]["finished_at"]) == expected, (run, row_id)
+    assert ok_parts, "the runs made parts of ok rows"
+    for name, stamp in ok_parts.items():
+        assert os.stat(f"{metadata_dir(out)}/{name}").st_mtime_ns == stamp, name  # not rewritten
+    assert all(r["status"] == "ok" for r in read_metadata(out).to_pylist())
+    assert reconcile(out) == 60
+
+
+def test_reconcile_is_exact_when_hashes_collide(tmp_path, monkeypatch):
+    """Every id with the same hash: reconcile decides on the ids themselves."""
+    monkeypatch.setattr(sink, "hash64", lambda ids: np.zeros(len(ids), dtype=np.uint64))
+    out = tmp_path / "out"
+    os.makedirs(metadata_dir(str(out)))
+    write_part(out, "part-20260101T000000000000-a-00000.parquet", [meta("a", "failed", 1), meta("b", "ok", 1)])
+    write_part(out, "part-20260102T000000000000-b-00000.parquet", [meta("a", "ok", 2), meta("c", "failed", 2)])
+    assert reconcile(str(out)) == 3
+    by_id = {r["id"]: r["status"] for r in read_metadata(str(out)).to_pylist()}
+    assert by_id == {"a": "ok", "b": "ok", "c": "failed"}
+
+
+def test_parallel_read_in_ray_matches_the_sequential_one(ray_local, tmp_path):
+    """Six manifests of up to 40k rows, each read by its own Ray task: the same records as the
+    sequential read, each manifest's in its line order, duplicates across them and the resume
+    index as one reader would see them."""
+    from raypipe.pipeline.graph import records_dataset
+    from raypipe.pipeline.read import prepare_read
+
+    rows = {f"m{k}.jsonl": [f"id-{(k * 7919 + i) % 90000}" for i in range(40000 if k < 2 else 3)] for k in range(6)}
+    uris = []
+    for name, ids in rows.items():
+        with open(tmp_path / name, "w") as f:
+            f.write("".join(json.dumps({"id": i, "kind": "cogvideox"}) + "\n" for i in ids))
+        uris.append(str(tmp_path / name))
+    out = tmp_path / "out"
+    os.makedirs(metadata_dir(str(out)))
+    write_part(out, "part-20260101T000000000000-a-00000.parquet", [meta(f"id-{i}", "ok") for i in range(0, 90000, 3)])
+    expected = list(read_records(uris, build_done_index(str(out))))
+    read = prepare_read(uris, str(out))
+    got = []
+    for batch in records_dataset(read, load_config(), str(out)).iter_batches(batch_size=None, batch_format="pyarrow"):
+        got.extend(batch.to_pylist())
+    key = ("id", "source", "line", "route", "error")
+    assert sorted(tuple(r[k] for k in key) for r in got) == sorted(tuple(r[k] for k in key) for r in expected)
+    for name in rows:  # each manifest's records arrive in its line order
+        lines = [r["line"] for r in got if r["source"] == name]
+        assert lines == sorted(lines) and len(lines) == len(rows[name])
+    routes = {r["route"] for r in got}
+    assert routes == {"pending", "skip", "rejected"}
+    # the sweep for lost rows: the same read against the index of every id this run has a row
+    # for, whatever its status (here a pending row and a rejected line's)
+    run_id = "20260105T000000000000-this"
+    rejected = next(r["id"] for r in got if r["route"] == "rejected")
+    pending = next(r["id"] for r in got if r["route"] == "pending")
+    write_part(out, f"part-{run_id}-00000.parquet", [meta(pending, "failed"), meta(rejected, "rejected")])
+    swept = records_dataset(read, load_config(), str(out), run_id, sweep=True).take_all()
+    before = {r["id"]: r["route"] for r in got}
+    changed = {r["id"]: r["route"] for r in swept if r["route"] != before[r["id"]]}
+    assert changed == {pending: "skip", rejected: "skip"}
