@@ -18,7 +18,6 @@ value; frames past the manifest's last hold its last value (as Deforum).
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -60,18 +59,10 @@ def load(value: Any, where: str) -> dict[str, Any]:
     if isinstance(value, dict):
         data = value
     else:
-        text = str(value).strip()
-        if not text.startswith("{"):
-            from raypipe.families.deforum.settings import read_text
+        from raypipe.families.deforum.settings import parse_json, read_json
 
-            try:
-                text = read_text(text)
-            except Exception as err:  # noqa: BLE001 - any I/O failure rejects the row with the reason
-                raise ValueError(f"{where}: cannot read {value}: {type(err).__name__}: {err}") from None
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError as err:
-            raise ValueError(f"{where}: not a Parseq manifest (JSON): {err.msg} at line {err.lineno}") from None
+        text, what = str(value).strip(), "not a Parseq manifest (JSON)"
+        data = parse_json(text, where, what) if text.startswith("{") else read_json(text, where, what)
     frames = data.get("rendered_frames") if isinstance(data, dict) else None
     if not isinstance(frames, list) or not frames or not all(isinstance(f, dict) for f in frames):
         raise ValueError(f"{where}: a Parseq manifest needs `rendered_frames`, a list of per-frame objects")

@@ -528,18 +528,26 @@ def read_text(uri: str) -> str:
         return f.read()
 
 
-def read_settings_file(uri: str) -> dict[str, Any]:
-    """A Deforum settings file (JSON, as Deforum saves it). ValueError 'deforum_settings: ...'."""
+def read_json(uri: str, where: str, what: str) -> Any:
+    """The JSON at a URI (read once per process). ValueError "<where>: cannot read <uri>: ..." or
+    "<where>: <what>: <the parser's message> at line N"."""
     try:
         text = read_text(uri)
     except Exception as err:  # noqa: BLE001 - any I/O failure rejects the row with the reason
-        raise ValueError(f"deforum_settings: cannot read {uri}: {type(err).__name__}: {err}") from None
+        raise ValueError(f"{where}: cannot read {uri}: {type(err).__name__}: {err}") from None
+    return parse_json(text, where, what)
+
+
+def parse_json(text: str, where: str, what: str) -> Any:
     try:
-        data = json.loads(text)
+        return json.loads(text)
     except json.JSONDecodeError as err:
-        raise ValueError(
-            f"deforum_settings: {uri} is not a Deforum settings file (JSON): {err.msg} at line {err.lineno}"
-        ) from None
+        raise ValueError(f"{where}: {what}: {err.msg} at line {err.lineno}") from None
+
+
+def read_settings_file(uri: str) -> dict[str, Any]:
+    """A Deforum settings file (JSON, as Deforum saves it). ValueError 'deforum_settings: ...'."""
+    data = read_json(uri, "deforum_settings", f"{uri} is not a Deforum settings file (JSON)")
     if not isinstance(data, dict):
         raise ValueError(f"deforum_settings: {uri} must hold a JSON object of Deforum keys")
     return data
