@@ -31,6 +31,7 @@ import itertools
 import json
 import math
 import posixpath
+import re
 from collections.abc import Iterable, Iterator
 from typing import Any
 
@@ -260,7 +261,18 @@ _CHUNK = 65536
 
 def manifest_ids(uri: str) -> pa.Table:
     """Every id the manifest's lines claim (CLAIMS_SCHEMA: id, line, n), in line order, as Arrow
-    columns built a chunk at a time (no Python object per id outlives its chunk)."""
+    columns built a chunk at a time (no Python object per id outlives its chunk). A JSONL manifest
+    of plain rows is parsed by Arrow's JSON reader (several times faster: this pass is sequential, before
+    any row is read); any other goes through the same parse as the read, a line at a time."""
+    if manifest_format(uri) == "jsonl":
+        claims = _plain_jsonl_ids(uri)
+        if claims is not None:
+            return claims
+    return _line_ids(uri)
+
+
+def _line_ids(uri: str) -> pa.Table:
+    """manifest_ids a line at a time, through the read's own parse (_objects, _claims)."""
     chunks: list[pa.RecordBatch] = []
     ids: list[str] = []
     lines: list[int] = []
@@ -289,6 +301,77 @@ def manifest_ids(uri: str) -> pa.Table:
             flush()
     flush()
     return pa.Table.from_batches(chunks, schema=CLAIMS_SCHEMA)
+
+
+# Plain JSONL, which Arrow's JSON reader may parse for the id pass and the read (several times
+# faster than a line at a time, in these sequential passes): every line one JSON object, `id` and
+# `kind` strings (or null, or absent), no blank line (Arrow skips them: the line numbers would
+# shift), no sweep (a row claiming several ids) and no lone \r (a line break to Python's text
+# mode, not to Arrow). A chunk of lines that is not plain goes a line at a time, as before.
+_NOT_PLAIN = (b'"sweep"', b'"num_videos"')
+_BLANK_LINE = re.compile(rb"\n[ \t\r]*\n")  # searched in "\n" + lines + "\n"
+_ARROW_ID_RULE = "^[A-Za-z0-9._-]{1,128}$"  # ID_PATTERN in RE2, whose $ is the end of the text
+_PLAIN_FIELDS = pa.schema([("id", pa.string()), ("kind", pa.string())])
+CHUNK_BYTES = 16 << 20  # a chunk of lines and its Arrow columns are held at once, a few times its size
+
+
+def _line_chunks(uri: str, chunk_bytes: int = CHUNK_BYTES) -> Iterator[bytes]:
+    """The bytes of a file in chunks of whole lines (each ends with \n but maybe the last)."""
+    with fsspec.open(uri, "rb") as f:
+        pending = b""
+        while block := f.read(chunk_bytes):
+            data = pending + block
+            end = data.rfind(b"\n") + 1
+            chunk, pending = data[:end], data[end:]
+            if chunk:
+                yield chunk
+        if pending:
+            yield pending
+
+
+def _plain_rows(chunk: bytes) -> tuple[pa.Table, pa.Array] | None:
+    """(id and kind of each line, each line's text stripped) of a chunk of plain JSONL lines, row i
+    for the chunk's line i + 1; None when the chunk is not plain (see _NOT_PLAIN)."""
+    import pyarrow.compute as pc
+    import pyarrow.json as pj
+
+    body = chunk[:-1] if chunk.endswith(b"\n") else chunk
+    if any(word in chunk for word in _NOT_PLAIN) or chunk.count(b"\r") != chunk.count(b"\r\n"):
+        return None
+    if _BLANK_LINE.search(b"\n" + body + b"\n"):
+        return None
+    options = pj.ParseOptions(explicit_schema=_PLAIN_FIELDS, unexpected_field_behavior="ignore")
+    try:
+        table = pj.read_json(pa.BufferReader(chunk), parse_options=options)
+        text = pa.array([body], pa.large_binary()).cast(pa.large_string())  # fails on bad UTF-8
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):  # not JSON, not an object, id not a string, ...
+        return None
+    lines = pc.utf8_trim(pc.split_pattern(text, "\n").flatten(), " \t\r")  # JSON's whitespace
+    if table.num_rows != len(lines):
+        return None
+    return table, lines.cast(pa.string())
+
+
+def _plain_jsonl_ids(uri: str, chunk_bytes: int = CHUNK_BYTES) -> pa.Table | None:
+    """manifest_ids of a plain JSONL manifest (see _NOT_PLAIN) through Arrow's JSON reader, a chunk
+    of lines at a time; None if a chunk is not plain: then the line-by-line pass runs. The same ids
+    as manifest_ids' own pass (tests/test_scale.py checks both agree)."""
+    import pyarrow.compute as pc
+
+    batches: list[pa.RecordBatch] = []
+    first_line = 1
+    for chunk in _line_chunks(uri, chunk_bytes):
+        plain = _plain_rows(chunk)
+        if plain is None:
+            return None
+        ids = plain[0].column("id")
+        valid = pc.fill_null(pc.match_substring_regex(ids, _ARROW_ID_RULE), False)
+        numbers = pa.array(np.arange(first_line, first_line + len(ids), dtype=np.int64))
+        kept = pa.table([ids, numbers], names=["id", "line"]).filter(valid)
+        n = pa.array(np.full(kept.num_rows, -1, dtype=np.int32))
+        batches.extend(pa.table([kept["id"], kept["line"], n], schema=CLAIMS_SCHEMA).to_batches())
+        first_line += len(ids)
+    return pa.Table.from_batches(batches, schema=CLAIMS_SCHEMA)
 
 
 DUPLICATE_FIELDS = ("line", "n", "code", "other", "other_line", "other_n")
@@ -348,20 +431,30 @@ class _Duplicates:
         self.rows = list(zip(*(self.arrays[name][self.start : end].tolist() for name in DUPLICATE_FIELDS)))
         self.at = 0
 
+    def _current(self) -> tuple | None:
+        """The entry at the cursor (the next slice loaded as needed), None past the last."""
+        if self.at == len(self.rows):
+            if self.start + len(self.rows) >= self.total:
+                return None
+            self.start += len(self.rows)
+            self._load()
+        return self.rows[self.at]
+
+    def take_lines(self, first: int, last: int) -> list[tuple]:
+        """The entries of lines first..last (claims come in the entries' order, as for take)."""
+        found = []
+        while (entry := self._current()) is not None and entry[0] <= last:
+            if entry[0] >= first:
+                found.append(entry)
+            self.at += 1
+        return found
+
     def take(self, line: int, n: int) -> tuple | None:
         """The entry of claim (line, n), if it loses its id (claims come in the entries' order;
         entries behind it, of lines no longer there, are passed over)."""
-        while True:
-            if self.at == len(self.rows):
-                if self.start + len(self.rows) >= self.total:
-                    return None
-                self.start += len(self.rows)
-                self._load()
-            entry = self.rows[self.at]
-            if (entry[0], entry[1]) >= (line, n):
-                break
+        while (entry := self._current()) is not None and (entry[0], entry[1]) < (line, n):
             self.at += 1
-        if (entry[0], entry[1]) != (line, n):
+        if entry is None or (entry[0], entry[1]) != (line, n):
             return None
         self.at += 1
         return entry
@@ -406,31 +499,60 @@ def read_manifest(
     done: Any = None,
     size: int = 16384,
     check_all: bool = False,
-) -> Iterator[dict[str, list]]:
+    chunk_bytes: int | None = CHUNK_BYTES,
+) -> Iterator[pa.Table]:
     """The records of manifest `index` of a run (sources: manifest_sources of its URIs), in line
-    order, in column batches of `size` records (RECORD_COLUMNS; the form a Ray Data generator UDF
-    yields), built column by column with no dict per row: this loop is the sequential part of a
-    manifest's read. duplicates: find_duplicates' entry for it. done: the resume index, an IdSet
-    (checked a batch at a time), or any container of ids (`in`, an id at a time).
+    order, as Arrow tables of at most `size` records (RECORD_TYPES; the form a Ray Data generator
+    UDF yields): this is the sequential part of a manifest's read. duplicates: find_duplicates'
+    entry for it. done: the resume index, an IdSet (checked a batch at a time), or any container
+    of ids (`in`, an id at a time). chunk_bytes: a JSONL manifest is read in chunks of lines this
+    large, each plain one (see _NOT_PLAIN) parsed by Arrow, the others a line at a time; None:
+    every line a line at a time (the reference the tests hold the Arrow read to).
 
     route: "pending" (to validate), "rejected" (no usable id; error says why) or "skip" (in
     `done`: already `ok` in the output). check_all: every record is checked against `done`, not
     only pending ones (the sweep for lost rows, whose index holds every id of the run)."""
+    import pyarrow.compute as pc
+
     source = sources[index]
     lost = _Duplicates(duplicates)
     check = done is not None and (len(done) > 0 if isinstance(done, IdSet) else True)
-    columns: tuple[list, ...] = tuple([] for _ in RECORD_COLUMNS)
-    ids, sources_col, lines, kinds, routes, raws, errors, sweeps = columns
+    if chunk_bytes and manifest_format(uri) == "jsonl":
+        pieces = _jsonl_records(uri, source, sources, lost, size, chunk_bytes)
+    else:
+        pieces = _line_records_batches(_objects(uri), source, sources, lost, size)
+    for table in pieces:
+        for start in range(0, table.num_rows, size):
+            batch = table.slice(start, size)
+            if check:  # the resume index, a batch at a time (vectorised for an IdSet)
+                ids = batch.column("id").combine_chunks()
+                found = done.contains(ids) if isinstance(done, IdSet) else [i in done for i in ids.to_pylist()]
+                found = np.asarray(found, dtype=bool)
+                if found.any():
+                    routes = batch.column("route")
+                    skip = found if check_all else found & pc.equal(routes, "pending").to_numpy(zero_copy_only=False)
+                    batch = batch.set_column(
+                        RECORD_COLUMNS.index("route"), "route", pc.if_else(pa.array(skip), "skip", routes)
+                    )
+            yield batch
 
-    def batch() -> dict[str, list]:
-        if check:  # the resume index, a batch at a time (vectorised)
-            found = done.contains(ids) if isinstance(done, IdSet) else [row_id in done for row_id in ids]
-            for i in np.flatnonzero(found).tolist():
-                if check_all or routes[i] == "pending":
-                    routes[i] = "skip"
-        return dict(zip(RECORD_COLUMNS, columns))
 
-    for number, obj, parse_error, text in _objects(uri):
+def _records_table(columns: dict[str, Any]) -> pa.Table:
+    """Records as Arrow columns of known types (lists converted, Arrow arrays as they are)."""
+    return pa.table(
+        {
+            name: columns[name] if isinstance(columns[name], pa.Array) else pa.array(columns[name], type=type_)
+            for name, type_ in RECORD_TYPES.items()
+        }
+    )
+
+
+def _line_records_batches(objects, source: str, sources: list[str], lost, size: int, first_line: int = 0):
+    """Records, a line at a time, of (number, obj, error, text) from _objects (numbers offset by
+    first_line), in tables of `size` records, with their duplicates (lost: _Duplicates)."""
+    columns: dict[str, list] = {name: [] for name in RECORD_COLUMNS}
+    for number, obj, parse_error, text in objects:
+        number += first_line
         for row_id, kind, route, raw, error, sweep, n in _line_records(source, number, obj, parse_error, text):
             entry = lost.take(number, n) if n is not None and lost.total else None
             if entry is not None:
@@ -438,23 +560,77 @@ def read_manifest(
                 route, error = "rejected", _duplicate_error(row_id, n, code, f"{sources[other]}:{other_line}", other_n)
                 if code != 2:  # the first occurrence keeps its id; later ones get their line's
                     row_id = f"{source}:{number}" + (f".{n}" if n >= 0 else "")
-            ids.append(row_id)
-            sources_col.append(source)
-            lines.append(number)
-            kinds.append(kind)
-            routes.append(route)
-            raws.append(raw)
-            errors.append(error)
-            sweeps.append(sweep)
-        if len(ids) >= size:
-            yield batch()
-            columns = tuple([] for _ in RECORD_COLUMNS)
-            ids, sources_col, lines, kinds, routes, raws, errors, sweeps = columns
-    if ids:
-        yield batch()
+            for name, value in zip(RECORD_COLUMNS, (row_id, source, number, kind, route, raw, error, sweep)):
+                columns[name].append(value)
+        if len(columns["id"]) >= size:
+            yield _records_table(columns)
+            columns = {name: [] for name in RECORD_COLUMNS}
+    if columns["id"]:
+        yield _records_table(columns)
 
 
-def read_batches(uris: list[str], done_ids: Any = None, size: int = 16384) -> Iterator[dict[str, list]]:
+def _jsonl_lines(chunk: bytes) -> Iterator[tuple[int, Any, str, str | None]]:
+    """_objects' JSONL lines of one chunk, numbered from 1 (Python's text mode: its line breaks)."""
+    with io.TextIOWrapper(io.BytesIO(chunk), encoding="utf-8", errors="replace") as f:
+        for number, line in enumerate(f, start=1):
+            text = line.strip()
+            if not text:
+                continue
+            try:
+                yield number, from_json(text), "", text
+            except ValueError as err:
+                yield number, None, f"not valid JSON: {err}", None
+
+
+def _jsonl_records(uri: str, source: str, sources: list[str], lost, size: int, chunk_bytes: int):
+    """A JSONL manifest's records, a chunk of lines at a time: Arrow's parse for a plain chunk, a
+    line at a time for the others; the same records either way (tests/test_scale.py)."""
+    import pyarrow.compute as pc
+
+    first_line = 0  # lines before this chunk
+    for chunk in _line_chunks(uri, chunk_bytes):
+        plain = _plain_rows(chunk)
+        if plain is None:
+            yield from _line_records_batches(_jsonl_lines(chunk), source, sources, lost, size, first_line)
+            with io.TextIOWrapper(io.BytesIO(chunk), encoding="utf-8", errors="replace") as f:
+                first_line += sum(1 for _ in f)  # its lines as Python's text mode breaks them
+            continue
+        fields, texts = plain
+        count = fields.num_rows
+        numbers = np.arange(first_line + 1, first_line + 1 + count, dtype=np.int64)
+        ids = fields.column("id").combine_chunks()
+        valid = pc.fill_null(pc.match_substring_regex(ids, _ARROW_ID_RULE), False)
+        entries = lost.take_lines(first_line + 1, first_line + count) if lost.total else []
+        routes: Any = pc.if_else(valid, "pending", "rejected")
+        errors: Any = pa.array([""] * count, pa.string())
+        valid = valid.to_numpy(zero_copy_only=False)
+        if entries or not valid.all():  # the few rows with their own id or error, in Python
+            ids, routes, errors = ids.to_pylist(), routes.to_pylist(), errors.to_pylist()
+            for i in np.flatnonzero(~valid).tolist():
+                row_id, _, errors[i] = _usable({"id": ids[i]} if ids[i] is not None else {}, "")
+                ids[i] = f"{source}:{numbers[i]}"
+            for line, _, code, other, other_line, other_n in entries:  # plain rows: n is -1
+                i = line - first_line - 1
+                routes[i] = "rejected"
+                errors[i] = _duplicate_error(ids[i], -1, code, f"{sources[other]}:{other_line}", other_n)
+                if code != 2:
+                    ids[i] = f"{source}:{line}"
+        yield _records_table(
+            {
+                "id": ids,
+                "source": pa.array([source] * count, pa.string()),
+                "line": pa.array(numbers),
+                "kind": pc.fill_null(fields.column("kind"), "").combine_chunks(),
+                "route": routes,
+                "raw_json": texts,
+                "error": errors,
+                "sweep": pa.array([""] * count, pa.string()),
+            }
+        )
+        first_line += count
+
+
+def read_batches(uris: list[str], done_ids: Any = None, size: int = 16384) -> Iterator[pa.Table]:
     """Every record of the manifests, in manifest order (read_manifest's batches), read in this
     process: the id pass, the duplicates, then each manifest. done_ids: an IdSet, a collection of
     ids or any container (read_manifest's `done`)."""
@@ -468,5 +644,4 @@ def read_batches(uris: list[str], done_ids: Any = None, size: int = 16384) -> It
 def read_records(uris: list[str], done_ids: Any = None) -> Iterator[dict[str, Any]]:
     """read_batches, one record (a dict of RECORD_COLUMNS) at a time."""
     for batch in read_batches(uris, done_ids):
-        for values in zip(*(batch[c] for c in RECORD_COLUMNS)):
-            yield dict(zip(RECORD_COLUMNS, values))
+        yield from batch.to_pylist()

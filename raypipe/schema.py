@@ -18,7 +18,6 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
-    PrivateAttr,
     TypeAdapter,
     ValidationError,
     field_validator,
@@ -36,7 +35,8 @@ from raypipe.metadata import (  # noqa: F401
     prompt_text,
 )
 
-ID_PATTERN = re.compile(r"^[A-Za-z0-9._-]{1,128}$")
+# \Z, not $: Python's $ also matches before a final newline, which would let "a\n" through.
+ID_PATTERN = re.compile(r"^[A-Za-z0-9._-]{1,128}\Z")
 
 
 def seed_from_id(row_id: str) -> int:
@@ -68,9 +68,11 @@ class RowBase(BaseModel):
     guidance_scale: float | None = Field(default=None, ge=0.0, le=100.0)
     model: str | None = None
     lora: list[LoraSpec] = Field(default_factory=list)
-    # Not a field: for a row a manifest's sweep made, {"of": <the sweep row's id>, "values": {...}}
-    # (raypipe/manifest.py), recorded in its metadata's params_json (metadata.row_params).
-    _sweep: dict[str, Any] | None = PrivateAttr(default=None)
+    # Not a field: for a row a manifest's sweep made, `row._sweep = {"of": <the sweep row's id>,
+    # "values": {...}}` (raypipe/manifest.py), recorded in its metadata's params_json
+    # (metadata.row_params; absent: getattr(row, "_sweep", None)). Not a PrivateAttr either: a
+    # model with one pays pydantic's set-up of private attributes on every row, ~20% of validating
+    # one (BENCHMARKS.md); assigned, it sits in the instance's __dict__ and is pickled with it.
 
     @field_validator("id")
     @classmethod

@@ -17,7 +17,15 @@ import pyarrow.parquet as pq
 from raypipe import sink
 from raypipe.config import load_config
 from raypipe.ids import IdSet, duplicate_groups, hash64
-from raypipe.manifest import read_records
+from raypipe.manifest import (
+    _line_ids,
+    _plain_jsonl_ids,
+    find_duplicates,
+    manifest_ids,
+    manifest_sources,
+    read_manifest,
+    read_records,
+)
 from raypipe.metadata import empty_metadata
 from raypipe.sink import MetadataSink, build_done_index, metadata_dir, read_metadata, reconcile
 from tests.conftest import write_jsonl
@@ -66,6 +74,89 @@ def meta(row_id, status, minutes=0):
     m = empty_metadata(row_id, "cogvideox", status, "" if status == "ok" else "boom")
     m.finished_at = T0 + timedelta(minutes=minutes)
     return m
+
+
+# JSONL bytes -> whether Arrow's reader may take the id pass (raypipe/manifest.py _plain_jsonl_ids).
+ID_PASS_CASES = {
+    "plain rows, a repeated id": (b'{"id": "a", "kind": "cogvideox"}\n{"id": "b"}\n{"id": "a"}\n', True),
+    "ids that claim nothing": (
+        b'{"id": "a b"}\n{"id": null}\n{"kind": "x"}\n{"id": "' + b"x" * 129 + b'"}\n{"id": "ok.1_-"}\n'
+        b'{"id": "n\\n"}\n{"id": "caf\\u00e9"}\n',
+        True,
+    ),
+    "no final newline": (b'{"id": "a"}\n{"id": "b"}', True),
+    "CRLF": (b'{"id": "a"}\r\n{"id": "b"}\r\n', True),
+    "an id inside a nested object": (b'{"id": "a", "lora": [{"id": "z", "path": "p"}]}\n', True),
+    "empty": (b"", True),
+    "a blank line": (b'{"id": "a"}\n\n{"id": "b"}\n', False),
+    "a line of spaces": (b'{"id": "a"}\n  \t\n{"id": "b"}\n', False),
+    "a lone CR": (b'{"id": "a"}\r{"id": "b"}\n', False),
+    "a number id": (b'{"id": 5}\n{"id": "b"}\n', False),
+    "not JSON": (b'{"id": "a"}\nnope\n{"id": "b"}\n', False),
+    "not an object": (b'[1]\n{"id": "b"}\n', False),
+    "a sweep": (b'{"id": "a", "sweep": {"seed": [1, 2]}}\n{"id": "b"}\n', False),
+    "the key twice": (b'{"id": "a", "id": "b"}\n', False),
+}
+
+
+def test_the_arrow_id_pass_claims_what_the_line_by_line_pass_claims(tmp_path):
+    for number, (name, (data, arrow)) in enumerate(ID_PASS_CASES.items()):
+        path = tmp_path / f"case{number}.jsonl"
+        path.write_bytes(data)
+        expected = _line_ids(str(path))
+        for chunk_bytes in (7, 64 << 20):  # lines carried across chunks, and one chunk
+            fast = _plain_jsonl_ids(str(path), chunk_bytes)
+            assert (fast is not None) == arrow, name
+            if fast is not None:
+                assert fast.equals(expected), name
+        assert manifest_ids(str(path)).equals(expected), name
+    # the Python pass and Arrow's agree at a size where Arrow reads in blocks, rejected rows included
+    lines = [json.dumps({"id": f"r{i}" if i % 97 else f"bad id {i}", "prompt": "p" * (i % 50)}) for i in range(20000)]
+    path = tmp_path / "big.jsonl"
+    path.write_text("\n".join(lines) + "\n")
+    assert _plain_jsonl_ids(str(path), 100_000).equals(_line_ids(str(path)))
+
+
+def test_the_arrow_read_gives_the_records_of_the_line_by_line_read(tmp_path):
+    """Chunks of plain lines parsed by Arrow, the others a line at a time: the same records as
+    reading every line a line at a time, whatever the chunk size (so chunks of both kinds mix),
+    with duplicates across manifests, ids that claim nothing and a resume index."""
+    rng = random.Random(1)
+    manifests = []
+    for m in range(3):
+        lines = []
+        for i in range(400):
+            row_id = rng.choice([f"r{i}-{m}", f"r{i}-{m}", f"shared{rng.randint(0, 30)}", "bad id", None])
+            row = {"kind": rng.choice(["cogvideox", "wan"]), "prompt": f"p {i}"}
+            if row_id is not None:
+                row["id"] = row_id
+            lines.append(json.dumps(row))
+        lines[50] = ""  # a blank line, JSON that is not an object, not JSON, a sweep, a lone CR
+        lines[120] = "[1, 2]"
+        lines[200] = "{not json"
+        lines[260] = json.dumps({"id": f"sw{m}", "kind": "wan", "prompt": "p", "sweep": {"seed": [1, 2]}})
+        lines[300] = lines[300] + "\r" + json.dumps({"id": f"cr{m}", "kind": "wan"})
+        path = tmp_path / f"m{m}.jsonl"
+        path.write_text("\n".join(lines) + ("\n" if m != 2 else ""))
+        manifests.append(str(path))
+    sources = manifest_sources(manifests)
+    duplicates = find_duplicates([_line_ids(uri) for uri in manifests])
+    assert all(manifest_ids(uri).equals(_line_ids(uri)) for uri in manifests)
+    done = IdSet.build([[f"r{i}-{m}" for i in range(0, 400, 7) for m in range(3)] + ["shared4", "sw1.1"]])
+    for index, uri in enumerate(manifests):
+        expected = [
+            r
+            for t in read_manifest(uri, index, sources, duplicates[index], done, 64, chunk_bytes=None)
+            for r in t.to_pylist()
+        ]
+        assert {r["route"] for r in expected} == {"pending", "rejected", "skip"}
+        for chunk_bytes in (3000, 20000, 64 << 20):
+            got = [
+                r
+                for t in read_manifest(uri, index, sources, duplicates[index], done, 64, chunk_bytes=chunk_bytes)
+                for r in t.to_pylist()
+            ]
+            assert got == expected, (uri, chunk_bytes)
 
 
 def test_resume_index_holds_exactly_the_ok_ids(tmp_path):

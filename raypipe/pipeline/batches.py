@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import gc
 import json
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import numpy as np
@@ -11,7 +14,7 @@ from pydantic_core import from_json
 
 from raypipe.config import KindConfig
 from raypipe.families import family
-from raypipe.manifest import RECORD_TYPES, read_manifest
+from raypipe.manifest import read_manifest
 from raypipe.metadata import Metadata, empty_metadata, metadata_from_row, prompt_text
 from raypipe.parallel import check_sequence_parallel
 from raypipe.parallel.validate import GangNodes
@@ -37,18 +40,32 @@ def read_fn(read):
         for index in batch["manifest"]:
             index = int(index)
             duplicates = ray.get(read.duplicates[index])
-            for records in read_manifest(
+            # Arrow tables of known types: Ray Data's own conversion of a dict of lists infers the
+            # types and costs this sequential task ~0.5 s more a million rows.
+            yield from read_manifest(
                 read.uris[index], index, read.sources, duplicates, done, READ_BATCH_ROWS, check_all=read.check_all
-            ):
-                # An Arrow table of known types: Ray Data's own conversion of a dict of lists infers
-                # the types and costs this sequential task ~0.5 s more a million rows.
-                yield pa.table({name: pa.array(records[name], type=type_) for name, type_ in RECORD_TYPES.items()})
+            )
 
     return read_manifests
 
 
+@contextmanager
+def no_cyclic_gc() -> Iterator[None]:
+    """Python's cyclic garbage collector off for a batch: validating a row allocates a few dozen
+    objects (pydantic), and in a Ray worker, whose heap holds Ray Data's and pyarrow's modules, the
+    collections that set off took ~40% of the validation (BENCHMARKS.md). A batch is bounded, so
+    the cycles it leaves are collected when the collector is back on."""
+    was_on = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_on:
+            gc.enable()
+
+
 def validate_batch(
-    batch: dict[str, np.ndarray],
+    batch: pa.Table | dict[str, Any],
     defaults: dict[str, dict],
     kinds: dict[str, dict] | None = None,
     keep_rows: bool = True,
@@ -58,13 +75,29 @@ def validate_batch(
     """Validate each pending record: route = its pool (records.pool_route: its kind, or "<kind>/sp<N>"),
     or "rejected" with the error. keep_rows: add the validated row, packed (`row`). then: a reduction
     of the validated batch, run in the same task (counting, pricing), so that only its result leaves
-    the task. nodes: what gangs must fit (read once on the driver), None: not checked."""
+    the task. nodes: what gangs must fit (read once on the driver), None: not checked.
+
+    batch: an Arrow table (Ray Data's batch_format="pyarrow": only the columns read here become
+    Python objects, and the others pass through as they are) or a dict of lists (in process)."""
+    with no_cyclic_gc():
+        return _validate_batch(batch, defaults, kinds, keep_rows, then, nodes)
+
+
+def _validate_batch(batch, defaults, kinds, keep_rows, then, nodes):
     routes, errors, rows = [], [], []
     configs: dict[str, KindConfig] = {}  # parsed once a batch, for the rows that need them
     all_kinds = known_kinds()
-    sweeps = batch["sweep"] if "sweep" in batch else [""] * len(batch["route"])
+    table = batch if isinstance(batch, pa.Table) else None
+    names = table.column_names if table is not None else list(batch)
+
+    def column(name: str) -> list:
+        return table.column(name).to_pylist() if table is not None else batch[name]
+
+    sweeps = (
+        column("sweep") if "sweep" in names else [""] * (table.num_rows if table is not None else len(batch["route"]))
+    )
     for route, kind, raw_json, error, sweep in zip(
-        batch["route"], batch["kind"], batch["raw_json"], batch["error"], sweeps
+        column("route"), column("kind"), column("raw_json"), column("error"), sweeps
     ):
         row = None
         if route == "pending":
@@ -92,11 +125,23 @@ def validate_batch(
         routes.append(route)
         errors.append(error)
         rows.append(row)
-    validated = {**batch, "route": routes, "error": errors}
     if then is not None:
-        return then({**validated, "rows": rows})
-    validated["row"] = [pack(row) if row is not None and keep_rows else NONE for row in rows]
-    return validated
+        others = {name: table.column(name) for name in names} if table is not None else batch
+        return then({**others, "route": routes, "error": errors, "rows": rows})
+    packed = [pack(row) if row is not None and keep_rows else NONE for row in rows]
+    if table is None:
+        return {**batch, "route": routes, "error": errors, "row": packed}
+    for name, values in (("route", routes), ("error", errors)):
+        table = table.set_column(names.index(name), name, pa.array(values, pa.string()))
+    return table.append_column("row", pa.array(packed, pa.binary()))
+
+
+def take(column, indexes: list[int]) -> list:
+    """The values at `indexes` of a batch's column: a list, or an Arrow column (validate_batch's
+    `then` gets the columns it did not read as Arrow data)."""
+    if isinstance(column, (pa.Array, pa.ChunkedArray)):
+        return column.take(indexes).to_pylist()
+    return [column[i] for i in indexes]
 
 
 def rejected_metadata(row_id, kind, source, line, raw_json, error, sweep="") -> Metadata:
@@ -140,19 +185,14 @@ def count_routes_batch(batch: dict[str, Any]) -> dict[str, Any]:
 def rejected_and_tally(batch: dict[str, Any]) -> dict[str, list]:
     """For `raypipe validate`: the batch's rejected rows, plus one tally row (id "") standing for
     its valid rows; `rows` says how many manifest rows each output row stands for."""
-    out: dict[str, list] = {"id": [], "source": [], "line": [], "error": [], "rows": []}
-    valid = 0
-    for route, row_id, source, line, error in zip(
-        batch["route"], batch["id"], batch["source"], batch["line"], batch["error"]
-    ):
-        if route == "rejected":
-            for key, value in (("id", row_id), ("source", source), ("line", int(line)), ("error", error), ("rows", 1)):
-                out[key].append(value)
-        else:
-            valid += 1
-    for key, value in (("id", ""), ("source", ""), ("line", 0), ("error", ""), ("rows", valid)):
-        out[key].append(value)
-    return out
+    rejected = [i for i, route in enumerate(batch["route"]) if route == "rejected"]
+    return {
+        "id": [*take(batch["id"], rejected), ""],
+        "source": [*take(batch["source"], rejected), ""],
+        "line": [*(int(line) for line in take(batch["line"], rejected)), 0],
+        "error": [*take(batch["error"], rejected), ""],
+        "rows": [*([1] * len(rejected)), len(batch["route"]) - len(rejected)],
+    }
 
 
 def load_inputs(batch: dict[str, np.ndarray], stage_path: str, kind_config: dict[str, Any]) -> dict[str, list]:

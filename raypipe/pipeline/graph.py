@@ -67,6 +67,7 @@ def validate(
         validate_batch,
         fn_kwargs=validate_kwargs(config, keep_rows, then, nodes),
         batch_size=READ_BATCH_ROWS,
+        batch_format="pyarrow",
         num_cpus=num_cpus or config.cpu_stage_num_cpus,
     )
 

@@ -87,7 +87,8 @@ def reroll_read_fn(uris: list[str], seeds: dict[str, int]):
     """The read of a re-roll pass: the records of the rows in `seeds` only, each with its new seed."""
 
     def read(_batch):
-        for batch in read_batches(uris, _AllBut(seeds), READ_BATCH_ROWS):
+        for table in read_batches(uris, _AllBut(seeds), READ_BATCH_ROWS):
+            batch = table.to_pydict()
             keep = [i for i, route in enumerate(batch["route"]) if route == "pending"]
             if not keep:
                 continue
