@@ -98,6 +98,20 @@ def manifest_sources(uris: list[str]) -> list[str]:
     ]
 
 
+def _jsonl_lines(lines: Iterable[str]) -> Iterator[tuple[int, Any, str, str | None]]:
+    """_objects' rows of JSONL text lines, numbered from 1."""
+    # pydantic_core's JSON parser: the same objects as json.loads (NaN included), ~2.5x faster,
+    # which matters in this sequential read of a million-row manifest (BENCHMARKS.md).
+    for number, line in enumerate(lines, start=1):
+        text = line.strip()
+        if not text:
+            continue  # blank lines are not rows
+        try:
+            yield number, from_json(text), "", text
+        except ValueError as err:
+            yield number, None, f"not valid JSON: {err}", None
+
+
 def _csv_value(text: str) -> Any:
     # CSV cells are text; JSON-looking cells (lists, objects) hold nested fields such as `lora`.
     stripped = text.strip()
@@ -114,17 +128,8 @@ def _objects(uri: str) -> Iterator[tuple[int, Any, str, str | None]]:
     has it: a JSONL line, kept as is rather than dumped again) for each row of one manifest."""
     fmt = manifest_format(uri)
     if fmt == "jsonl":
-        # pydantic_core's JSON parser: the same objects as json.loads (NaN included), ~2.5x faster,
-        # which matters in this sequential read of a million-row manifest (BENCHMARKS.md).
         with fsspec.open(uri, "rt", encoding="utf-8", errors="replace") as f:
-            for number, line in enumerate(f, start=1):
-                text = line.strip()
-                if not text:
-                    continue  # blank lines are not rows
-                try:
-                    yield number, from_json(text), "", text
-                except ValueError as err:
-                    yield number, None, f"not valid JSON: {err}", None
+            yield from _jsonl_lines(f)
     elif fmt == "csv":
         with fsspec.open(uri, "rt", encoding="utf-8", newline="") as f:
             reader = csv.DictReader(f)
@@ -569,17 +574,11 @@ def _line_records_batches(objects, source: str, sources: list[str], lost, size: 
         yield _records_table(columns)
 
 
-def _jsonl_lines(chunk: bytes) -> Iterator[tuple[int, Any, str, str | None]]:
-    """_objects' JSONL lines of one chunk, numbered from 1 (Python's text mode: its line breaks)."""
-    with io.TextIOWrapper(io.BytesIO(chunk), encoding="utf-8", errors="replace") as f:
-        for number, line in enumerate(f, start=1):
-            text = line.strip()
-            if not text:
-                continue
-            try:
-                yield number, from_json(text), "", text
-            except ValueError as err:
-                yield number, None, f"not valid JSON: {err}", None
+def _text_lines(chunk: bytes) -> int:
+    """The lines of a chunk as Python's text mode breaks them (\n, \r\n, a lone \r): counted in
+    the bytes, which decoding (errors="replace") leaves alone, since a break is ASCII."""
+    breaks = chunk.count(b"\n") + chunk.count(b"\r") - chunk.count(b"\r\n")
+    return breaks + (0 if chunk.endswith((b"\n", b"\r")) else 1)
 
 
 def _jsonl_records(uri: str, source: str, sources: list[str], lost, size: int, chunk_bytes: int):
@@ -591,9 +590,9 @@ def _jsonl_records(uri: str, source: str, sources: list[str], lost, size: int, c
     for chunk in _line_chunks(uri, chunk_bytes):
         plain = _plain_rows(chunk)
         if plain is None:
-            yield from _line_records_batches(_jsonl_lines(chunk), source, sources, lost, size, first_line)
             with io.TextIOWrapper(io.BytesIO(chunk), encoding="utf-8", errors="replace") as f:
-                first_line += sum(1 for _ in f)  # its lines as Python's text mode breaks them
+                yield from _line_records_batches(_jsonl_lines(f), source, sources, lost, size, first_line)
+            first_line += _text_lines(chunk)
             continue
         fields, texts = plain
         count = fields.num_rows

@@ -42,6 +42,14 @@ def test_jsonl_lines_without_a_usable_id(tmp_path):
     assert errors[5].startswith("id: must match")
 
 
+def test_an_id_ending_in_a_newline_is_rejected_naming_the_field(tmp_path):
+    """The whole id must match the rule: Python's `$` also matched before a final newline."""
+    path = write_jsonl(tmp_path / "m.jsonl", [{"id": "a\n", "kind": "cogvideox"}, {"id": "a", "kind": "cogvideox"}])
+    records = list(read_records([str(path)]))
+    assert [(r["id"], r["route"]) for r in records] == [("m.jsonl:1", "rejected"), ("a", "pending")]
+    assert records[0]["error"] == "id: must match [A-Za-z0-9._-]{1,128}, got 'a\\n'"
+
+
 def test_duplicate_ids_across_manifests(tmp_path):
     first = write_jsonl(tmp_path / "one.jsonl", [{"id": "a", "kind": "cogvideox"}])
     second = write_jsonl(tmp_path / "two.jsonl", [{"id": "a", "kind": "cogvideox"}])

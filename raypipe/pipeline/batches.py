@@ -51,7 +51,8 @@ def read_fn(read):
 
 @contextmanager
 def no_cyclic_gc() -> Iterator[None]:
-    """Python's cyclic garbage collector off for a batch: validating a row allocates a few dozen
+    """Python's cyclic garbage collector off for a batch (a context manager, or a decorator:
+    `@no_cyclic_gc()`): validating a row allocates a few dozen
     objects (pydantic), and in a Ray worker, whose heap holds Ray Data's and pyarrow's modules, the
     collections that set off took ~40% of the validation (BENCHMARKS.md). A batch is bounded, so
     the cycles it leaves are collected when the collector is back on."""
@@ -64,6 +65,7 @@ def no_cyclic_gc() -> Iterator[None]:
             gc.enable()
 
 
+@no_cyclic_gc()
 def validate_batch(
     batch: pa.Table | dict[str, Any],
     defaults: dict[str, dict],
@@ -79,11 +81,6 @@ def validate_batch(
 
     batch: an Arrow table (Ray Data's batch_format="pyarrow": only the columns read here become
     Python objects, and the others pass through as they are) or a dict of lists (in process)."""
-    with no_cyclic_gc():
-        return _validate_batch(batch, defaults, kinds, keep_rows, then, nodes)
-
-
-def _validate_batch(batch, defaults, kinds, keep_rows, then, nodes):
     routes, errors, rows = [], [], []
     configs: dict[str, KindConfig] = {}  # parsed once a batch, for the rows that need them
     all_kinds = known_kinds()
