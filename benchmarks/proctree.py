@@ -53,7 +53,9 @@ def run_measured(command: list[str], **popen) -> tuple[subprocess.CompletedProce
                     times = member.cpu_times()
                     key = (member.pid, member.create_time())
                     seen[key] = times.user + times.system
-                    names[key] = title(member)  # again each time: a Ray worker takes its title later
+                    name = title(member)  # again each time: a Ray worker takes its title later
+                    if name != "?" or key not in names:  # an exiting process's title is gone: keep the last
+                        names[key] = name
                 except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
                     pass
             time.sleep(POLL_SECONDS)

@@ -113,13 +113,18 @@ class Watch:
             self.task_peak_kib = max(self.task_peak_kib, _status_kib(task_pid, "VmHWM"))
 
     def flatness(self) -> str:
-        """RSS at the first and last quarter of the samples (MB)."""
-        if len(self.samples) < 8:
+        """RSS at the second and last quarter of the samples, and its maximum in each tenth (MB):
+        a plateau and a climb read differently there."""
+        if len(self.samples) < 10:
             return "too short to tell"
         values = [kib for _, kib in self.samples]
-        quarter = len(values) // 4
+        quarter, tenth = len(values) // 4, len(values) / 10
         first, last = max(values[quarter : 2 * quarter]), max(values[-quarter:])
-        return f"RSS max {first / 1024:.0f} MB in the second quarter, {last / 1024:.0f} MB in the last"
+        tenths = [max(values[round(i * tenth) : round((i + 1) * tenth)]) // 1024 for i in range(10)]
+        return (
+            f"RSS max {first / 1024:.0f} MB in the second quarter, {last / 1024:.0f} MB in the last "
+            f"(by tenths: {' '.join(map(str, tenths))})"
+        )
 
 
 def watched(command: list[str], folder: Path, name: str, task: str = "read") -> tuple[float, Watch, str, str, int]:

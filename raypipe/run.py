@@ -26,7 +26,15 @@ from raypipe.metrics import RunMetrics
 from raypipe.parallel.validate import gang_nodes
 from raypipe.pipeline.actors import row_attempts_actor
 from raypipe.pipeline.batches import rejected_and_tally
-from raypipe.pipeline.graph import count_routes, others_dataset, pool_dataset, records_dataset, validated_dataset
+from raypipe.pipeline.graph import (
+    DRIVER_COUNT_BYTES,
+    count_routes,
+    input_bytes,
+    others_dataset,
+    pool_dataset,
+    records_dataset,
+    validated_dataset,
+)
 from raypipe.pipeline.ray_init import init_ray, joins_cluster, storage_env  # noqa: F401 - the CLI's and users' entry points
 from raypipe.pipeline.read import prepare_read
 from raypipe.pipeline.records import split_route, unpack
@@ -150,7 +158,7 @@ def run(
     sink = MetadataSink(out, config.metadata_flush_rows, config.metadata_flush_seconds)
     nodes, _ = gang_nodes(config, joined=True)  # the cluster this run places its gangs on
     # The manifests' ids, their duplicates and the resume index, once (in Ray tasks) for every pass.
-    manifests = prepare_read(uris, out, sink.run_id)
+    manifests = prepare_read(uris, out, sink.run_id, here=input_bytes(uris, out) <= DRIVER_COUNT_BYTES)
     routes = count_routes(manifests, config, out, sink.run_id, nodes)
     stamps["counted"] = time.time()
     summary = RunSummary(

@@ -237,9 +237,9 @@ class MetadataSink:
 
     Every flush is a small part (a crash costs at most one flush interval); once the small parts
     of this run hold `merge_rows` rows, they are written again as one part of `ok` rows and one
-    of the others (`part-<run>-m<n>.parquet`, from the tables kept since their flush: nothing is
-    read back), and removed. So a run of ten million rows leaves a few hundred parts, not tens of
-    thousands, and the driver holds at most `merge_rows` rows (a few tens of MB). A crash between
+    of the others (`part-<run>-m<n>.parquet`, read back a part at a time), and removed. So a run
+    of ten million rows leaves a few hundred parts, not tens of thousands, and the driver holds
+    at most one flush of rows (`flush_rows`) and one small part as it merges. A crash between
     the merged parts and the removal leaves identical copies, which reconcile removes."""
 
     def __init__(
@@ -258,7 +258,7 @@ class MetadataSink:
         self._pending: list[Metadata] = []
         self._parts = 0
         self._merges = 0
-        self._flushed: list[tuple[str, pa.Table]] = []  # this run's small parts, not merged yet
+        self._flushed: list[str] = []  # this run's small parts, not merged yet
         self._flushed_rows = 0
         self._last_flush = time.monotonic()
         fs, path = fsspec.core.url_to_fs(metadata_dir(out))
@@ -278,19 +278,34 @@ class MetadataSink:
         _write_table(table, uri)
         self._parts += 1
         self._pending = []
-        self._flushed.append((uri, table))
+        self._flushed.append(uri)
         self._flushed_rows += table.num_rows
         if self._flushed_rows >= self.merge_rows:
             self._merge()
 
     def _merge(self) -> None:
+        """This run's small parts written again as one part of `ok` rows and one of the others,
+        read back a part at a time into two Parquet writers: the driver holds one small part,
+        never the merged rows (its memory stays flat over a run of millions)."""
         if len(self._flushed) > 1:
-            merged = pa.concat_tables([table for _, table in self._flushed])
-            for table in _split_by_status(merged):
-                _write_table(table, join_uri(metadata_dir(self.out), f"part-{self.run_id}-m{self._merges:05d}.parquet"))
-                self._merges += 1
+            with tempfile.TemporaryDirectory(prefix="raypipe-") as tmpdir:
+                writers: dict[str, pq.ParquetWriter] = {}
+                for uri in self._flushed:
+                    table = _read_part(uri)
+                    ok = pc.equal(table.column("status"), "ok")
+                    for group, rows in (("ok", table.filter(ok)), ("others", table.filter(pc.invert(ok)))):
+                        if rows.num_rows:
+                            if group not in writers:
+                                writers[group] = pq.ParquetWriter(os.path.join(tmpdir, group), rows.schema)
+                            writers[group].write_table(rows)
+                for group in ("ok", "others"):
+                    if group in writers:
+                        writers[group].close()
+                        name = f"part-{self.run_id}-m{self._merges:05d}.parquet"
+                        commit_file(os.path.join(tmpdir, group), join_uri(metadata_dir(self.out), name))
+                        self._merges += 1
             fs, _ = fsspec.core.url_to_fs(self.out)
-            for uri, _ in self._flushed:
+            for uri in self._flushed:
                 fs.rm(fsspec.core.url_to_fs(uri)[1])
         self._flushed, self._flushed_rows = [], 0
 

@@ -1,9 +1,9 @@
 """Video and image I/O: decode with decord, encode H.264 with PyAV, any fsspec URI.
 
-Outputs are committed atomically: the MP4 is encoded into a local temporary file, then
-moved into place. On a local filesystem the last step is a rename inside the target
-directory (atomic on POSIX); on object stores a single PUT of the complete file is atomic
-(the object appears whole or not at all). A file at its final name is always complete.
+Outputs are committed atomically. On a local filesystem the MP4 is encoded into a temporary
+name inside the target directory and renamed (atomic on POSIX); for object stores it is encoded
+into a local temporary file and sent in a single PUT (the object appears whole or not at all).
+A file at its final name is always complete.
 """
 
 from __future__ import annotations
@@ -33,8 +33,7 @@ class WrittenVideo:
 
 
 def is_local(uri: str) -> bool:
-    fs, _ = fsspec.core.url_to_fs(uri)
-    return "file" in (fs.protocol if isinstance(fs.protocol, tuple) else (fs.protocol,))
+    return _local_fs(fsspec.core.url_to_fs(uri)[0])
 
 
 def join_uri(base: str, *parts: str) -> str:
@@ -70,30 +69,56 @@ def _sha256_file(path: str) -> str:
     return digest.hexdigest()
 
 
+def _local_fs(fs) -> bool:
+    return "file" in (fs.protocol if isinstance(fs.protocol, tuple) else (fs.protocol,))
+
+
+def _temporary_beside(target: str) -> str:
+    """A temporary name in the target's own directory, from which a rename is atomic."""
+    parent = os.path.dirname(target)
+    os.makedirs(parent, exist_ok=True)
+    return os.path.join(parent, f".tmp-{uuid.uuid4().hex}-{os.path.basename(target)}")
+
+
 def commit_file(local_path: str, uri: str) -> None:
     """Move a complete local file to `uri` so that `uri` never holds a partial file."""
     fs, target = fsspec.core.url_to_fs(uri)
-    parent = os.path.dirname(target) if is_local(uri) else target.rsplit("/", 1)[0]
-    fs.makedirs(parent, exist_ok=True)
-    if is_local(uri):
-        tmp = os.path.join(parent, f".tmp-{uuid.uuid4().hex}-{os.path.basename(target)}")
+    if _local_fs(fs):
+        tmp = _temporary_beside(target)
         shutil.copyfile(local_path, tmp)
         os.replace(tmp, target)  # atomic rename within one directory
     else:
+        fs.makedirs(target.rsplit("/", 1)[0], exist_ok=True)
         fs.put_file(local_path, target)  # one PUT: the object appears complete or not at all
 
 
 def write_video(frames: np.ndarray, fps: int, uri: str) -> WrittenVideo:
-    with tempfile.TemporaryDirectory(prefix="raypipe-") as tmpdir:
-        local = os.path.join(tmpdir, "video.mp4")
-        t0 = time.perf_counter()
-        encode_mp4(frames, fps, local)
-        t1 = time.perf_counter()
-        size = os.path.getsize(local)
-        digest = _sha256_file(local)
-        t2 = time.perf_counter()
-        commit_file(local, uri)
-        t3 = time.perf_counter()
+    """Encode frames to `uri`, committed whole. On a local filesystem the MP4 is encoded straight
+    into a temporary name beside the target, then renamed: no temporary folder and no copy (for a
+    small video those file operations cost as much as the encoding). Elsewhere it is encoded into
+    a local temporary file and PUT."""
+    fs, target = fsspec.core.url_to_fs(uri)
+    if not _local_fs(fs):
+        with tempfile.TemporaryDirectory(prefix="raypipe-") as tmpdir:
+            local = os.path.join(tmpdir, "video.mp4")
+            return _encoded(frames, fps, local, uri, lambda: commit_file(local, uri))
+    local = _temporary_beside(target)
+    try:
+        return _encoded(frames, fps, local, uri, lambda: os.replace(local, target))
+    finally:
+        if os.path.exists(local):
+            os.remove(local)  # the encoding failed: no temporary is left behind
+
+
+def _encoded(frames: np.ndarray, fps: int, local: str, uri: str, commit) -> WrittenVideo:
+    t0 = time.perf_counter()
+    encode_mp4(frames, fps, local)
+    t1 = time.perf_counter()
+    size = os.path.getsize(local)
+    digest = _sha256_file(local)
+    t2 = time.perf_counter()
+    commit()
+    t3 = time.perf_counter()
     return WrittenVideo(
         uri=uri,
         bytes=size,

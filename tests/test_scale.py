@@ -282,6 +282,62 @@ def test_reconcile_keeps_one_row_per_id_after_several_resumed_runs(tmp_path, mon
     assert reconcile(out) == 60
 
 
+def test_the_sink_merges_its_small_parts_into_an_ok_part_and_an_others_part(tmp_path):
+    """Once its small parts hold merge_rows rows, the sink writes them again as one part of the ok
+    rows and one of the others (read back from the small parts, which go) and starts afresh."""
+    out = str(tmp_path / "out")
+    writer = MetadataSink(out, flush_rows=3, run_id="20260101T000000000000-run", merge_rows=9)
+    statuses = ["ok", "failed", "ok", "rejected", "ok", "ok", "failed", "ok", "ok", "ok", "failed"]
+    for n, status in enumerate(statuses):
+        writer.add(meta(f"row-{n:02d}", status, minutes=n))
+    writer.flush()
+    names = sorted(os.listdir(metadata_dir(out)))
+    # rows 0-8 merged (three flushes of three), rows 9-10 one small part after them
+    assert names == [f"part-20260101T000000000000-run-{n}.parquet" for n in ("00003", "m00000", "m00001")]
+    parts = [pq.read_table(f"{metadata_dir(out)}/{name}") for name in names]
+    assert parts[1].column("id").to_pylist() == [f"row-{n:02d}" for n in (0, 2, 4, 5, 7, 8)]
+    assert set(parts[1].column("status").to_pylist()) == {"ok"}
+    assert parts[2].column("id").to_pylist() == ["row-01", "row-03", "row-06"]
+    assert parts[2].column("status").to_pylist() == ["failed", "rejected", "failed"]
+    assert parts[0].column("id").to_pylist() == ["row-09", "row-10"]
+    assert parts[1].schema == parts[0].schema  # the merged parts keep the metadata schema
+    assert sorted(read_metadata(out).column("id").to_pylist()) == [f"row-{n:02d}" for n in range(11)]
+
+
+def test_a_video_is_encoded_beside_its_name_and_a_failed_encode_leaves_nothing(tmp_path, monkeypatch):
+    """write_video on a local folder: the MP4 is encoded into a `.tmp-` name in the target's folder
+    (the name the next run's remove_stale_temp_files clears) and renamed; an encode that fails
+    leaves no file."""
+    import hashlib
+
+    from raypipe import video
+
+    encoded_at = []
+    encode = video.encode_mp4
+    monkeypatch.setattr(video, "encode_mp4", lambda f, fps, path: (encoded_at.append(path), encode(f, fps, path)))
+    target = tmp_path / "out" / "videos" / "a.mp4"
+    frames = np.zeros((3, 16, 32, 3), dtype=np.uint8)
+    frames[:, :, 16:] = 200
+    written = video.write_video(frames, 8, str(target))
+    assert os.listdir(target.parent) == ["a.mp4"]
+    assert os.path.dirname(encoded_at[0]) == str(target.parent)
+    assert os.path.basename(encoded_at[0]).startswith(sink.TEMP_PREFIX)
+    assert written.bytes == target.stat().st_size
+    assert written.sha256 == hashlib.sha256(target.read_bytes()).hexdigest()
+    back = video.read_video(str(target))
+    assert back.shape == (3, 16, 32, 3) and abs(int(back[0, 8, 24, 0]) - 200) < 8
+    try:
+        video.write_video(np.zeros((2, 15, 32, 3), dtype=np.uint8), 8, str(target.parent / "odd.mp4"))
+    except ValueError as err:
+        assert "even sizes" in str(err)
+    else:
+        raise AssertionError("an odd height must not encode")
+    assert os.listdir(target.parent) == ["a.mp4"]
+    (target.parent / f"{sink.TEMP_PREFIX}crashed-b.mp4").write_bytes(b"partial")
+    assert sink.remove_stale_temp_files(str(tmp_path / "out")) == 1
+    assert os.listdir(target.parent) == ["a.mp4"]
+
+
 def test_reconcile_is_exact_when_hashes_collide(tmp_path, monkeypatch):
     """Every id with the same hash: reconcile decides on the ids themselves."""
     monkeypatch.setattr(sink, "hash64", lambda ids: np.zeros(len(ids), dtype=np.uint64))

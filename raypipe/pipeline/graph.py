@@ -123,9 +123,13 @@ def count_routes(
     counts: dict[str, int] = {}
     manifests = uris.uris if isinstance(uris, ManifestRead) else list(uris)
     if input_bytes(manifests, out) <= DRIVER_COUNT_BYTES:
-        done = build_done_index(out, exclude_run=run_id) if out else None
+        if isinstance(uris, ManifestRead):  # the read prepared for the run: its ids and index
+            batches = read_fn(uris)({"manifest": range(len(manifests))})
+        else:
+            done = build_done_index(out, exclude_run=run_id) if out else None
+            batches = read_batches(manifests, done, READ_BATCH_ROWS)
         kwargs = validate_kwargs(config, keep_rows=False, then=count_routes_batch, nodes=nodes)
-        tallies = [validate_batch(records, **kwargs) for records in read_batches(manifests, done, READ_BATCH_ROWS)]
+        tallies = [validate_batch(records, **kwargs) for records in batches]
     else:
         tallies = validated_dataset(
             uris, config, out, run_id, keep_rows=False, then=count_routes_batch, nodes=nodes

@@ -57,9 +57,19 @@ def done_index(out: str | None, run_id: str | None = None, sweep: bool = False):
     return _tasks()[2].remote(out, exclude_run=run_id, any_status_of_run=sweep)
 
 
-def prepare_read(uris: list[str], out: str | None = None, run_id: str | None = None, sweep: bool = False):
+def prepare_read(
+    uris: list[str], out: str | None = None, run_id: str | None = None, sweep: bool = False, here: bool = False
+):
     """Start the id pass, the duplicates and the index (nothing waits for them here: the read
-    tasks do). run_id: this run's, whose own parts the index leaves out (see done_index)."""
+    tasks do). run_id: this run's, whose own parts the index leaves out (see done_index).
+    here: computed in this process and put in the object store instead, for small inputs
+    (graph.DRIVER_COUNT_BYTES): three tasks would start worker processes ahead of the pools'."""
+    if here:
+        import ray
+
+        entries = find_duplicates([manifest_ids(uri) for uri in uris])
+        done = ray.put(build_done_index(out, exclude_run=run_id, any_status_of_run=sweep)) if out else None
+        return ManifestRead(list(uris), manifest_sources(list(uris)), [ray.put(e) for e in entries], done, sweep)
     ids_task, duplicates_task, _ = _tasks()
     claims = [ids_task.remote(uri) for uri in uris]
     duplicates = duplicates_task.options(num_returns=len(uris)).remote(*claims)
