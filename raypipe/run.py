@@ -157,7 +157,8 @@ def run(
         print(f"raypipe: removed {stale} temporary files an interrupted run left in {out}", file=progress, flush=True)
     sink = MetadataSink(out, config.metadata_flush_rows, config.metadata_flush_seconds)
     nodes, _ = gang_nodes(config, joined=True)  # the cluster this run places its gangs on
-    # The manifests' ids, their duplicates and the resume index, once (in Ray tasks) for every pass.
+    # The manifests' ids, their duplicates and the resume index, once for every pass: in Ray tasks,
+    # or on the driver for a small input (which the driver counts too).
     manifests = prepare_read(uris, out, sink.run_id, here=input_bytes(uris, out) <= DRIVER_COUNT_BYTES)
     routes = count_routes(manifests, config, out, sink.run_id, nodes)
     stamps["counted"] = time.time()

@@ -226,10 +226,11 @@ def write_videos(
     return {"meta": metas}
 
 
-def _split_by_status(table: pa.Table) -> list[pa.Table]:
-    """The `ok` rows and the others, apart (what reconcile supersedes later is in the others)."""
+def _split_by_status(table: pa.Table) -> list[tuple[bool, pa.Table]]:
+    """(True, the `ok` rows) and (False, the others), those that have rows: kept apart, since what
+    reconcile supersedes later is in the others."""
     ok = pc.equal(table.column("status"), "ok")
-    return [t for t in (table.filter(ok), table.filter(pc.invert(ok))) if t.num_rows]
+    return [(is_ok, t) for is_ok, t in ((True, table.filter(ok)), (False, table.filter(pc.invert(ok)))) if t.num_rows]
 
 
 class MetadataSink:
@@ -286,23 +287,20 @@ class MetadataSink:
     def _merge(self) -> None:
         """This run's small parts written again as one part of `ok` rows and one of the others,
         read back a part at a time into two Parquet writers: the driver holds one small part,
-        never the merged rows (its memory stays flat over a run of millions)."""
+        never the merged rows."""
         if len(self._flushed) > 1:
             with tempfile.TemporaryDirectory(prefix="raypipe-") as tmpdir:
-                writers: dict[str, pq.ParquetWriter] = {}
+                writers: dict[bool, pq.ParquetWriter] = {}  # ok or not -> its merged part
                 for uri in self._flushed:
-                    table = _read_part(uri)
-                    ok = pc.equal(table.column("status"), "ok")
-                    for group, rows in (("ok", table.filter(ok)), ("others", table.filter(pc.invert(ok)))):
-                        if rows.num_rows:
-                            if group not in writers:
-                                writers[group] = pq.ParquetWriter(os.path.join(tmpdir, group), rows.schema)
-                            writers[group].write_table(rows)
-                for group in ("ok", "others"):
-                    if group in writers:
-                        writers[group].close()
+                    for ok, rows in _split_by_status(_read_part(uri)):
+                        if ok not in writers:
+                            writers[ok] = pq.ParquetWriter(os.path.join(tmpdir, str(ok)), rows.schema)
+                        writers[ok].write_table(rows)
+                for ok in (True, False):  # the ok part first, as before
+                    if ok in writers:
+                        writers[ok].close()
                         name = f"part-{self.run_id}-m{self._merges:05d}.parquet"
-                        commit_file(os.path.join(tmpdir, group), join_uri(metadata_dir(self.out), name))
+                        commit_file(os.path.join(tmpdir, str(ok)), join_uri(metadata_dir(self.out), name))
                         self._merges += 1
             fs, _ = fsspec.core.url_to_fs(self.out)
             for uri in self._flushed:
@@ -400,8 +398,7 @@ def reconcile(out: str) -> int:
             keep[dropped[i]] = False
             if keep.any():
                 table = conform_metadata(_read_part(parts[i]).filter(pa.array(keep)))
-                for part in _split_by_status(table):
-                    ok = part.column("status")[0].as_py() == "ok"
+                for ok, part in _split_by_status(table):
                     buffers[ok].append(part)
                     write(ok, COMPACT_ROWS)
         if sum(t.num_rows for t in buffers[True] + buffers[False]) < COMPACT_ROWS // 2:

@@ -122,9 +122,10 @@ def count_routes(
 
     counts: dict[str, int] = {}
     manifests = uris.uris if isinstance(uris, ManifestRead) else list(uris)
-    if input_bytes(manifests, out) <= DRIVER_COUNT_BYTES:
-        if isinstance(uris, ManifestRead):  # the read prepared for the run: its ids and index
-            batches = read_fn(uris)({"manifest": range(len(manifests))})
+    prepared = uris if isinstance(uris, ManifestRead) else None
+    if prepared.here if prepared else input_bytes(manifests, out) <= DRIVER_COUNT_BYTES:
+        if prepared:  # the read the run prepared on the driver: its ids and index
+            batches = read_fn(prepared)({"manifest": range(len(manifests))})
         else:
             done = build_done_index(out, exclude_run=run_id) if out else None
             batches = read_batches(manifests, done, READ_BATCH_ROWS)

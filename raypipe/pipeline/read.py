@@ -31,6 +31,7 @@ class ManifestRead:
     duplicates: list[Any]  # per manifest: the ObjectRef of its find_duplicates entry
     done: Any = None  # the ObjectRef of the resume index (an IdSet), or None: nothing to skip
     check_all: bool = False  # the sweep's read: every record is checked against `done`
+    here: bool = False  # prepared in the driver (a small input, which the driver also counts)
 
 
 def _duplicates(*claims):
@@ -69,7 +70,7 @@ def prepare_read(
 
         entries = find_duplicates([manifest_ids(uri) for uri in uris])
         done = ray.put(build_done_index(out, exclude_run=run_id, any_status_of_run=sweep)) if out else None
-        return ManifestRead(list(uris), manifest_sources(list(uris)), [ray.put(e) for e in entries], done, sweep)
+        return ManifestRead(list(uris), manifest_sources(list(uris)), [ray.put(e) for e in entries], done, sweep, True)
     ids_task, duplicates_task, _ = _tasks()
     claims = [ids_task.remote(uri) for uri in uris]
     duplicates = duplicates_task.options(num_returns=len(uris)).remote(*claims)
