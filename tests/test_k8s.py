@@ -208,6 +208,18 @@ def test_every_container_gets_the_hub_token_from_its_secret(which):
             assert "value" not in env["HF_TOKEN"], name  # never the token itself in the manifest
 
 
+@pytest.mark.parametrize("which", ["RayCluster", "RayJob"])
+def test_every_raylet_keeps_its_idle_workers_as_long_as_a_ray_raypipe_starts(which):
+    """Every node's raylet reads how long an idle task worker lives from its environment: the
+    value raypipe sets for a Ray it starts itself, not Ray's 1 s (workers restarted between bursts)."""
+    from raypipe.pipeline.ray_init import IDLE_WORKER_ENV, IDLE_WORKER_MS
+
+    for name, template in pod_templates(cluster_specs()[which]).items():
+        for container in template["spec"]["containers"]:
+            env = {e["name"]: e.get("value") for e in container.get("env", [])}
+            assert env.get(IDLE_WORKER_ENV) == str(IDLE_WORKER_MS), name
+
+
 # ---- one worker group per model family, and the run config that uses them ----------------------
 
 

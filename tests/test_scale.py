@@ -388,3 +388,41 @@ def test_parallel_read_in_ray_matches_the_sequential_one(ray_local, tmp_path):
     before = {r["id"]: r["route"] for r in got}
     changed = {r["id"]: r["route"] for r in swept if r["route"] != before[r["id"]]}
     assert changed == {pending: "skip", rejected: "skip"}
+
+
+WORKER_BURSTS = """
+import os, sys, time
+import ray
+from raypipe.pipeline.ray_init import init_ray
+
+init_ray("local")
+
+@ray.remote(num_cpus=0.25)
+def pid():
+    time.sleep(3)  # long enough that most of the eight run side by side, each in a worker of its own
+    return os.getpid()
+
+first = set(ray.get([pid.remote() for _ in range(8)]))
+time.sleep(3)  # idle longer than Ray's default 1 s
+second = set(ray.get([pid.remote() for _ in range(8)]))
+print(len(first), len(second - first))
+"""
+
+
+def test_a_ray_raypipe_starts_keeps_its_idle_task_workers_between_bursts(tmp_path):
+    """A burst of 0.25-CPU tasks (as the run's validators and writers come) starts a worker each;
+    the next burst, 3 s later, finds them still there: no worker started (and raypipe, PyAV,
+    OpenCV imported) again. Ray's default stops a worker beyond one a CPU after 1 s idle."""
+    import subprocess
+    import sys
+
+    from raypipe.pipeline.ray_init import IDLE_WORKER_ENV
+
+    env = {k: v for k, v in os.environ.items() if k not in (IDLE_WORKER_ENV, "RAY_ADDRESS")}
+    done = subprocess.run(
+        [sys.executable, "-c", WORKER_BURSTS], env=env, capture_output=True, text=True, timeout=180, cwd=tmp_path
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    started, restarted = map(int, done.stdout.split()[-2:])
+    assert started >= 4, done.stdout  # more workers than CPUs: those Ray's default would stop
+    assert restarted == 0, done.stdout

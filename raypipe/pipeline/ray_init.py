@@ -27,6 +27,14 @@ STORAGE_ENV_PREFIXES = (
 )
 BLOCK_BYTES = 4 << 20
 
+# How long a Ray task worker beyond one a CPU may stay idle before the raylet stops it (Ray's
+# default: 1 s). A run's CPU stages (validators, decoders, writers of 0.25 CPU each) come and go
+# in bursts, and at 1 s the raylet stopped a worker every few seconds and started another, which
+# imported raypipe, PyAV and OpenCV again: ~10% of a 20k-row run's CPU (BENCHMARKS.md). Set for a
+# Ray that raypipe starts; a cluster's raylets read it from their environment (k8s/).
+IDLE_WORKER_ENV = "RAY_idle_worker_killing_time_threshold_ms"
+IDLE_WORKER_MS = 60_000
+
 # Lines Ray prints on every run that mean nothing to a user of raypipe (shown with --verbose):
 # the token-authentication notice of every ray.init, Ray Data's notice that progress bars are
 # off (raypipe draws its own) and its line at the end of each execution, and the core worker's
@@ -75,6 +83,9 @@ def init_ray(address: str | None = None, dashboard: bool = True) -> bool:
         kwargs["runtime_env"] = {"env_vars": env}
     if not dashboard:
         kwargs["include_dashboard"] = False  # ignored when joining a running cluster
+    # Read by the raylet that this ray.init may start (it inherits the environment); not an
+    # argument, since ray.init refuses system settings when it joins a cluster (`ray start`'s).
+    os.environ.setdefault(IDLE_WORKER_ENV, str(IDLE_WORKER_MS))
     ray.init(address=address, logging_level=logging.WARNING, log_to_driver=True, configure_logging=True, **kwargs)
     return True
 
