@@ -391,7 +391,7 @@ def test_parallel_read_in_ray_matches_the_sequential_one(ray_local, tmp_path):
 
 
 WORKER_BURSTS = """
-import os, sys, time
+import os, time
 import ray
 from raypipe.pipeline.ray_init import init_ray
 

@@ -211,8 +211,8 @@ def pool_dataset(
         **pool_actor_resources(route, kc, stage_path, config),
     )
     # The quality gate scores each video here, on CPU (raypipe/quality.py), not on the pool's time.
-    # One call a generated batch (a block): a task's output leaves at its end whatever the batch
-    # size, and a call a row cost the writers ~2.6 ms of Ray Data's batching a row (BENCHMARKS.md).
+    # One call a generated batch (a block), not one a row: a task's output leaves at its end
+    # whatever the batch size, and each batch costs Ray Data a slice and a conversion.
     writer = {"out": out, "quality": kc.quality.model_dump(), "scoring": config.quality.model_dump()}
     return generated.map_batches(write_videos, fn_kwargs=writer, batch_size=kc.batch_size, num_cpus=cpu)
 

@@ -30,8 +30,9 @@ BLOCK_BYTES = 4 << 20
 # How long a Ray task worker beyond one a CPU may stay idle before the raylet stops it (Ray's
 # default: 1 s). A run's CPU stages (validators, decoders, writers of 0.25 CPU each) come and go
 # in bursts, and at 1 s the raylet stopped a worker every few seconds and started another, which
-# imported raypipe, PyAV and OpenCV again: ~10% of a 20k-row run's CPU (BENCHMARKS.md). Set for a
-# Ray that raypipe starts; a cluster's raylets read it from their environment (k8s/).
+# imported raypipe, PyAV and OpenCV again (kept, and with the writers' batches, a 20k-row run took
+# 22% less CPU: BENCHMARKS.md). Set for a Ray that raypipe starts; a cluster's raylets read it
+# from their environment (k8s/).
 IDLE_WORKER_ENV = "RAY_idle_worker_killing_time_threshold_ms"
 IDLE_WORKER_MS = 60_000
 
