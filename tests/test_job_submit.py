@@ -28,7 +28,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 import raypipe
-from raypipe.pipeline.ray_init import IDLE_WORKER_ENV, IDLE_WORKER_MS
+from raypipe.pipeline.ray_init import RAYLET_ENV
 from raypipe.sink import read_metadata
 from tests.conftest import REPO
 
@@ -99,8 +99,9 @@ def head():
         # token auth for the head and the Jobs CLI; `ray start` alone turns it on only when
         # ~/.ray/auth_token exists, which `ray get-auth-token --generate` makes if missing
         "RAY_AUTH_MODE": "token",
-        # as the README's `ray start` and k8s/: idle task workers kept between bursts
-        IDLE_WORKER_ENV: str(IDLE_WORKER_MS),
+        # as the README's `ray start` and k8s/: idle task workers kept between bursts, small
+        # blocks in the object store
+        **RAYLET_ENV,
     }
     env.pop("RAY_ADDRESS", None)
     subprocess.run(

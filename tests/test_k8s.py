@@ -20,6 +20,7 @@ from raypipe.cli import _parser
 from raypipe.config import load_config
 from raypipe.families import kinds
 from raypipe.metrics import METRICS
+from raypipe.pipeline.ray_init import RAYLET_ENV
 from tests.conftest import REPO, SHARED, needs_shared
 
 K8S = REPO / "k8s"
@@ -209,15 +210,15 @@ def test_every_container_gets_the_hub_token_from_its_secret(which):
 
 
 @pytest.mark.parametrize("which", ["RayCluster", "RayJob"])
-def test_every_raylet_keeps_its_idle_workers_as_long_as_a_ray_raypipe_starts(which):
-    """Every node's raylet reads how long an idle task worker lives from its environment: the
-    value raypipe sets for a Ray it starts itself, not Ray's 1 s (workers restarted between bursts)."""
-    from raypipe.pipeline.ray_init import IDLE_WORKER_ENV, IDLE_WORKER_MS
-
+def test_every_raylet_has_the_settings_of_a_ray_raypipe_starts(which):
+    """Every node's raylet (and the workers and the job's driver it starts) reads from its
+    environment how long an idle task worker lives (not Ray's 1 s: workers restarted between
+    bursts) and how large a result stays out of the object store (not Ray's 100 KiB: queued
+    blocks in the driver's memory): the values raypipe sets for a Ray it starts itself."""
     for name, template in pod_templates(cluster_specs()[which]).items():
         for container in template["spec"]["containers"]:
             env = {e["name"]: e.get("value") for e in container.get("env", [])}
-            assert env.get(IDLE_WORKER_ENV) == str(IDLE_WORKER_MS), name
+            assert {k: env.get(k) for k in RAYLET_ENV} == RAYLET_ENV, name
 
 
 # ---- one worker group per model family, and the run config that uses them ----------------------

@@ -27,6 +27,7 @@ from raypipe.manifest import (
     read_records,
 )
 from raypipe.metadata import empty_metadata
+from raypipe.pipeline.ray_init import RAYLET_ENV
 from raypipe.sink import MetadataSink, build_done_index, metadata_dir, read_metadata, reconcile
 from tests.conftest import write_jsonl
 
@@ -413,16 +414,49 @@ def test_a_ray_raypipe_starts_keeps_its_idle_task_workers_between_bursts(tmp_pat
     """A burst of 0.25-CPU tasks (as the run's validators and writers come) starts a worker each;
     the next burst, 3 s later, finds them still there: no worker started (and raypipe, PyAV,
     OpenCV imported) again. Ray's default stops a worker beyond one a CPU after 1 s idle."""
-    import subprocess
-    import sys
-
-    from raypipe.pipeline.ray_init import IDLE_WORKER_ENV
-
-    env = {k: v for k, v in os.environ.items() if k not in (IDLE_WORKER_ENV, "RAY_ADDRESS")}
-    done = subprocess.run(
-        [sys.executable, "-c", WORKER_BURSTS], env=env, capture_output=True, text=True, timeout=180, cwd=tmp_path
-    )
-    assert done.returncode == 0, done.stderr[-2000:]
+    done = run_without_raylet_env(WORKER_BURSTS, tmp_path)
     started, restarted = map(int, done.stdout.split()[-2:])
     assert started >= 4, done.stdout  # more workers than CPUs: those Ray's default would stop
     assert restarted == 0, done.stdout
+
+
+def run_without_raylet_env(script: str, folder):
+    """`script` in a fresh Python, with none of raypipe's raylet settings (nor RAY_ADDRESS) in its
+    environment: what it sees comes from init_ray."""
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k not in (*RAYLET_ENV, "RAY_ADDRESS")}
+    done = subprocess.run(
+        [sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=180, cwd=folder
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    return done
+
+
+SMALL_BLOCKS = """
+import numpy as np
+import ray
+
+from raypipe.pipeline.ray_init import init_ray
+
+init_ray("local")
+
+
+@ray.remote(num_cpus=0.25)
+def block():
+    return np.zeros(10_000, dtype=np.uint8)  # a 64-row block of records is ~30 KB
+
+
+refs = [block.remote() for _ in range(20)]
+ray.wait(refs, num_returns=len(refs), fetch_local=False)
+print(ray._private.worker.global_worker.core_worker.get_local_memory_store_bytes_used())
+"""
+
+
+def test_a_ray_raypipe_starts_keeps_small_blocks_out_of_the_drivers_memory(tmp_path):
+    """Twenty 10 KB results of tasks the driver submitted: in the object store, not the driver's
+    own memory store (Ray's default keeps results under 100 KiB there: 200 KB of them, and with
+    them the lineage of the tasks that took them as arguments)."""
+    held = int(run_without_raylet_env(SMALL_BLOCKS, tmp_path).stdout.split()[-1])
+    assert held < 20 * 10_000 // 4, held

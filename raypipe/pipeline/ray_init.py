@@ -36,6 +36,20 @@ BLOCK_BYTES = 4 << 20
 IDLE_WORKER_ENV = "RAY_idle_worker_killing_time_threshold_ms"
 IDLE_WORKER_MS = 60_000
 
+# The largest task result (or argument) Ray keeps in its owner's own memory rather than the object
+# store (Ray's default: 100 KiB); an argument under it is copied into the task's spec, which the
+# owner keeps (lineage) while the task's results live. The driver owns every block of a run, so
+# each block queued between two stages (in the 100k-row benchmark, up to ~1,300 pool outputs of
+# 64 rows waiting for the writers) held ~50 KB of the driver's memory: +113 MB over the run. At
+# 1 KiB the blocks go to the object store, which Ray Data's budget counts (and spills): +45 MB,
+# the same rows/s (BENCHMARKS.md). Set for a Ray that raypipe starts, as the idle time above.
+INLINE_BYTES_ENV = "RAY_max_direct_call_object_size"
+INLINE_BYTES = 1024
+
+# What every raylet (and so every worker and a job's driver) of a run should have in its
+# environment: a Ray that raypipe starts gets it from init_ray; k8s/ and the README's `ray start` set it.
+RAYLET_ENV = {IDLE_WORKER_ENV: str(IDLE_WORKER_MS), INLINE_BYTES_ENV: str(INLINE_BYTES)}
+
 # Lines Ray prints on every run that mean nothing to a user of raypipe (shown with --verbose):
 # the token-authentication notice of every ray.init, Ray Data's notice that progress bars are
 # off (raypipe draws its own) and its line at the end of each execution, and the core worker's
@@ -84,9 +98,11 @@ def init_ray(address: str | None = None, dashboard: bool = True) -> bool:
         kwargs["runtime_env"] = {"env_vars": env}
     if not dashboard:
         kwargs["include_dashboard"] = False  # ignored when joining a running cluster
-    # Read by the raylet that this ray.init may start (it inherits the environment); not an
-    # argument, since ray.init refuses system settings when it joins a cluster (`ray start`'s).
-    os.environ.setdefault(IDLE_WORKER_ENV, str(IDLE_WORKER_MS))
+    # Read by the raylet that this ray.init may start (it inherits the environment) and by this
+    # process's own core worker; not arguments, since ray.init refuses system settings when it
+    # joins a cluster (`ray start`'s). A value the user set wins.
+    for name, value in RAYLET_ENV.items():
+        os.environ.setdefault(name, value)
     ray.init(address=address, logging_level=logging.WARNING, log_to_driver=True, configure_logging=True, **kwargs)
     return True
 
