@@ -456,7 +456,6 @@ print(ray._private.worker.global_worker.core_worker.get_local_memory_store_bytes
 
 def test_a_ray_raypipe_starts_keeps_small_blocks_out_of_the_drivers_memory(tmp_path):
     """Twenty 10 KB results of tasks the driver submitted: in the object store, not the driver's
-    own memory store (Ray's default keeps results under 100 KiB there: 200 KB of them, and with
-    them the lineage of the tasks that took them as arguments)."""
+    own memory store (Ray's default keeps results under 100 KiB there: 204,920 bytes of these)."""
     held = int(run_without_raylet_env(SMALL_BLOCKS, tmp_path).stdout.split()[-1])
     assert held < 20 * 10_000 // 4, held

@@ -40,9 +40,9 @@ IDLE_WORKER_MS = 60_000
 # store (Ray's default: 100 KiB); an argument under it is copied into the task's spec, which the
 # owner keeps (lineage) while the task's results live. The driver owns every block of a run, so
 # each block queued between two stages (in the 100k-row benchmark, up to ~1,300 pool outputs of
-# 64 rows waiting for the writers) held ~50 KB of the driver's memory: +113 MB over the run. At
-# 1 KiB the blocks go to the object store, which Ray Data's budget counts (and spills): +45 MB,
-# the same rows/s (BENCHMARKS.md). Set for a Ray that raypipe starts, as the idle time above.
+# 64 rows waiting for the writers) held ~50 KB of the driver's memory: its anonymous memory rose
+# 106 MB over the run. At 1 KiB the blocks go to the object store, which Ray Data's budget counts
+# (and spills): 49 MB, the same rows/s (BENCHMARKS.md). Set for a Ray that raypipe starts.
 INLINE_BYTES_ENV = "RAY_max_direct_call_object_size"
 INLINE_BYTES = 1024
 
